@@ -1,0 +1,165 @@
+"""Presets and stage configurations: frozen dataclasses validated at construction.
+
+A preset fixes the data, the backbone, and how each stage is scaled:
+
+| preset | data | backbone | pretraining | where |
+|---|---|---|---|---|
+| ``smoke`` | digits (16x16, subset) | resnet10-tiny | 1 epoch | tests, seconds per stage |
+| ``quick`` | digits (16x16) | resnet18-small | CPU recipe (see ``QUICK_RECIPE``) | the README's main command, 2 CPU cores |
+| ``paper`` | CIFAR-10/100, STL-10 | resnet18 | each method's published recipe | GPU |
+
+Every record stores its preset; leaderboards never mix presets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from methods.base import Recipe
+
+EPS = 8 / 255
+SCHEMES = ("slf", "alf", "aff")
+SELECTIONS = ("last", "val")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """One finetuning scheme (PROTOCOL.md): what is trained, on which loss, with which optimiser."""
+
+    scheme: str
+    epochs: int
+    batch_size: int
+    lr: float
+    milestones: tuple[int, ...]
+    momentum: float = 0.9
+    weight_decay: float = 2e-4
+    attack_steps: int = 10  # ALF's PGD / AFF's TRADES inner maximisation
+    attack_step: float = 2 / 255
+    eps: float = EPS
+    trades_beta: float = 6.0
+    selection: str = "last"
+    crop_padding: int = 4
+
+    def __post_init__(self) -> None:
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown scheme {self.scheme!r}; use one of {', '.join(SCHEMES)}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("finetuning epochs and batch size must be >= 1")
+        if not 0 < self.lr < 100:
+            raise ValueError(f"finetuning learning rate must be in (0, 100), got {self.lr}")
+        if not 0 < self.eps < 1 or not 0 < self.attack_step < 1:
+            raise ValueError("eps and attack step must be in (0, 1)")
+
+    @property
+    def trains_encoder(self) -> bool:
+        return self.scheme == "aff"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    n_test: int | None = None  # None: the whole test set
+    batch_size: int = 500
+    seed: int = 0
+    eps: float = EPS
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    dataset: str
+    image_size: int | None
+    backbone: str
+    pretrain_epochs: int | None  # None: the method's paper recipe
+    pretrain_batch_size: int | None
+    recipe_override: dict[str, Any] = field(default_factory=dict)
+    train_limit: int | None = None  # use only the first n pretraining/finetuning images
+    finetune: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-scheme overrides
+    eval: EvalConfig = EvalConfig()
+    description: str = ""
+
+    def recipe(self, paper: Recipe) -> Recipe:
+        """The recipe a method runs under this preset (its paper recipe, scaled)."""
+        if self.name == "paper":
+            return paper
+        changes = dict(self.recipe_override)
+        if self.pretrain_epochs is not None:
+            changes["epochs"] = self.pretrain_epochs
+        if self.pretrain_batch_size is not None:
+            changes["batch_size"] = self.pretrain_batch_size
+        return paper.replace(**changes, source=f"{self.name} preset (scaled from: {paper.source})")
+
+    def finetune_config(self, scheme: str, dataset: str, selection: str = "last") -> FinetuneConfig:
+        base = paper_finetune(scheme, dataset)
+        return dataclasses.replace(base, **self.finetune.get(scheme, {}), selection=selection)
+
+
+def paper_finetune(scheme: str, dataset: str) -> FinetuneConfig:
+    """PROTOCOL.md's finetuning recipe for ``scheme`` on ``dataset``."""
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    if scheme == "aff":
+        return FinetuneConfig("aff", epochs=25, batch_size=128, lr=0.1, milestones=(15, 20))
+    linear_lr = {"cifar10": 0.01, "cifar100": 0.05, "stl10": 0.1}.get(dataset, 0.01)
+    return FinetuneConfig(scheme, epochs=25, batch_size=512, lr=linear_lr, milestones=(10, 20))
+
+
+# The CPU presets use one shared SGD recipe: the paper recipes' LARS learning rates assume batch
+# 512 and 1000 epochs. Every record lists the resulting deviations from the paper recipe.
+QUICK_RECIPE = {"optimizer": "sgd", "lr": 0.5, "momentum": 0.9, "weight_decay": 5e-4,
+                "warmup_epochs": 1, "warmup_start": 0.1, "min_lr_ratio": 0.01, "optimizer_options": ()}
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        name="smoke", dataset="digits", image_size=16, backbone="resnet10-tiny",
+        pretrain_epochs=1, pretrain_batch_size=32, recipe_override=dict(QUICK_RECIPE, warmup_epochs=0),
+        train_limit=128,
+        finetune={
+            "slf": dict(epochs=1, batch_size=64, lr=0.1, milestones=()),
+            "alf": dict(epochs=1, batch_size=64, lr=0.1, milestones=(), attack_steps=2, attack_step=4 / 255),
+            "aff": dict(epochs=1, batch_size=64, lr=0.05, milestones=(), attack_steps=2, attack_step=4 / 255),
+        },
+        eval=EvalConfig(n_test=64, batch_size=64),
+        description="seconds per stage, for tests",
+    ),
+    "quick": Preset(
+        name="quick", dataset="digits", image_size=16, backbone="resnet18-small",
+        pretrain_epochs=15, pretrain_batch_size=128, recipe_override=QUICK_RECIPE,
+        finetune={
+            "slf": dict(epochs=10, batch_size=128, lr=0.1, milestones=(6, 8)),
+            "alf": dict(epochs=10, batch_size=128, lr=0.1, milestones=(6, 8), attack_steps=3, attack_step=4 / 255),
+            "aff": dict(epochs=10, batch_size=128, lr=0.05, milestones=(6, 8), attack_steps=3, attack_step=4 / 255),
+        },
+        eval=EvalConfig(n_test=360, batch_size=360),
+        description="the whole digits pipeline in minutes on 2 CPU cores",
+    ),
+    "paper": Preset(
+        name="paper", dataset="cifar10", image_size=None, backbone="resnet18",
+        pretrain_epochs=None, pretrain_batch_size=None,
+        eval=EvalConfig(n_test=None, batch_size=500),
+        description="each method's published recipe, ResNet-18, full test sets (GPU)",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}") from None
+
+
+def recipe_deviations(used: Recipe, paper: Recipe) -> list[str]:
+    """Human-readable differences between the recipe that ran and the published one."""
+    out = []
+    a, b = used.to_dict(), paper.to_dict()
+    for k in a:
+        if k != "source" and a[k] != b[k]:
+            out.append(f"{k} {a[k]} (paper {b[k]})")
+    return out

@@ -1,0 +1,193 @@
+"""Finetuning schemes (PROTOCOL.md): SLF, ALF, AFF.
+
+The encoder is the pretrained model's finetuning BN branch (the adversarial one for dual-BN
+methods) turned into a plain single-BN network with strict key matching; the classifier is a
+zero-initialised linear layer on the pooled feature.
+
+- ``slf``: linear head on clean images, encoder frozen in eval mode.
+- ``alf``: linear head on PGD examples made against the current model, encoder frozen.
+- ``aff``: everything, TRADES (Zhang et al., ICML 2019) with beta 6.
+
+Model selection is the last epoch, or (``selection="val"``) the epoch with the best PGD-20
+accuracy on the held-out validation split. The test set is never looked at here.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from attacks import eval_mode, get_attack
+from attacks.base import project_linf
+from attacks.pgd import perturb_ce
+from benchmark.augment import CropFlip
+from benchmark.config import FinetuneConfig
+from benchmark.data import Dataset
+from benchmark.io import CheckpointError, load_checkpoint, save_checkpoint
+from benchmark.models import (
+    BackboneConfig,
+    CheckpointMismatch,
+    Classifier,
+    ResNet,
+    classifier_from_encoder,
+    load_strict,
+)
+
+CLASSIFIER = "classifier.pt"
+
+
+def load_encoder(path: Path, device: torch.device | str = "cpu") -> tuple[ResNet, dict[str, Any]]:
+    """The branch-BN encoder of a pretraining checkpoint, loaded with strict key matching."""
+    ck = load_checkpoint(path, kind="encoder", map_location=device)
+    encoder = ResNet(BackboneConfig.from_dict(ck["backbone"]), branches=ck["branches"])
+    state = {k[len("encoder.") :]: v for k, v in ck["state_dict"].items() if k.startswith("encoder.")}
+    load_strict(encoder, state, f"encoder weights in {path}")
+    return encoder.to(device), ck
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Classifier:
+    """A finetuned classifier in eval mode: [0, 1] images (N, C, H, W) -> logits.
+
+    ``path`` is a ``classifier.pt`` (a record's ``checkpoint``, relative to the results folder).
+    Normalisation is inside the model, so any attack library can use it directly.
+    """
+    ck = load_checkpoint(Path(path), kind="classifier", map_location=device)
+    model = Classifier(BackboneConfig.from_dict(ck["backbone"]), int(ck["num_classes"]))
+    load_strict(model, ck["state_dict"], f"classifier weights in {path}")
+    return model.to(device).eval()
+
+
+def trades_adversary(model: nn.Module, x: torch.Tensor, cfg: FinetuneConfig) -> torch.Tensor:
+    """TRADES' inner maximisation: KL to the clean prediction, start x + 0.001 N(0, 1), eval mode."""
+    with eval_mode(model):
+        with torch.no_grad():
+            p_clean = F.softmax(model(x), dim=1)
+        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+        for _ in range(cfg.attack_steps):
+            x_adv.requires_grad_(True)
+            kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
+            (grad,) = torch.autograd.grad(kl, x_adv)
+            x_adv = project_linf(x_adv.detach() + cfg.attack_step * grad.sign(), x, cfg.eps)
+    return x_adv.detach()
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, batch_size: int) -> float:
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i : i + batch_size], y[i : i + batch_size]
+        xa = attack(model, xb, yb)
+        with torch.no_grad():
+            correct += (model(xa).argmax(1) == yb).sum().item()
+    return 100.0 * correct / max(len(x), 1)
+
+
+def run_finetune(
+    encoder_path: Path,
+    cfg: FinetuneConfig,
+    data: Dataset,
+    out_dir: Path,
+    device: torch.device,
+    seed: int,
+    train_limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Finetune under ``cfg.scheme``; writes ``classifier.pt`` in ``out_dir``; returns a summary."""
+    t_start = time.time()
+    torch.manual_seed(seed)
+    encoder, ck = load_encoder(encoder_path, device)
+    branch = ck["finetune_branch"]
+    try:
+        model = classifier_from_encoder(encoder, branch, data.num_classes).to(device)
+    except CheckpointMismatch as e:
+        raise CheckpointError(f"{encoder_path}: {e}") from None
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+
+    if cfg.trains_encoder:
+        params = list(model.parameters())
+    else:
+        for p in model.encoder.parameters():
+            p.requires_grad_(False)
+        params = list(model.fc.parameters())
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(cfg.milestones), gamma=0.1)
+
+    x_train = data.train_x[:train_limit] if train_limit else data.train_x
+    y_train = (data.train_y[:train_limit] if train_limit else data.train_y).to(device)
+    x_train = x_train.to(device)
+    augment = CropFlip(data.image_size, padding=cfg.crop_padding).to(device)
+    n = x_train.shape[0]
+    bs = min(cfg.batch_size, n)
+    steps = max(n // bs, 1)
+    val_attack = get_attack("pgd20", eps=cfg.eps)
+    best = (-1.0, 0, None)
+    history = []
+    bar = tqdm(total=cfg.epochs * steps, disable=not progress, desc=f"finetune {cfg.scheme}",
+               unit="step", leave=False, dynamic_ncols=True)
+    for epoch in range(1, cfg.epochs + 1):
+        total = torch.zeros((), device=device)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).to(device)
+        for i in range(steps):
+            idx = perm[i * bs : (i + 1) * bs]
+            x = augment(x_train[idx].float().div_(255))
+            y = y_train[idx]
+            if cfg.scheme == "slf":
+                model.eval()  # frozen encoder: BN statistics are not updated
+                with torch.no_grad():
+                    feats = model.encoder(x)
+                loss = F.cross_entropy(model.fc(feats), y)
+            elif cfg.scheme == "alf":
+                model.eval()
+                x_adv = perturb_ce(model, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps)
+                with torch.no_grad():
+                    feats = model.encoder(x_adv)
+                loss = F.cross_entropy(model.fc(feats), y)
+            else:
+                x_adv = trades_adversary(model, x, cfg)
+                model.train()
+                logits = model(x)
+                kl = F.kl_div(
+                    F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean"
+                )
+                loss = F.cross_entropy(logits, y) + cfg.trades_beta * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            bar.update(1)
+        sched.step()
+        mean_loss = float(total) / steps
+        if mean_loss != mean_loss or mean_loss in (float("inf"), float("-inf")):
+            bar.close()
+            raise FloatingPointError(f"finetuning ({cfg.scheme}) loss became non-finite at epoch {epoch}")
+        entry = {"epoch": epoch, "loss": round(mean_loss, 6)}
+        if cfg.selection == "val":
+            model.eval()
+            acc = _accuracy(model, data.val_x.to(device).float() / 255, data.val_y.to(device), val_attack, 500)
+            entry["val_pgd20"] = acc
+            if acc > best[0]:
+                best = (acc, epoch, copy.deepcopy(model.state_dict()))
+        history.append(entry)
+        bar.set_postfix(epoch=epoch, loss=f"{mean_loss:.4f}")
+    bar.close()
+
+    chosen_epoch = cfg.epochs
+    if cfg.selection == "val" and best[2] is not None:
+        model.load_state_dict(best[2])
+        chosen_epoch = best[1]
+    model.eval()
+    save_checkpoint(
+        out_dir / CLASSIFIER, "classifier",
+        {"backbone": model.encoder.config.to_dict(), "num_classes": data.num_classes,
+         "state_dict": {k: v.contiguous() for k, v in model.state_dict().items()},
+         "config": cfg.to_dict(), "encoder_branch": branch, "selected_epoch": chosen_epoch},
+    )
+    return {"seconds": time.time() - t_start, "selected_epoch": chosen_epoch, "history": history,
+            "encoder_branch": branch}

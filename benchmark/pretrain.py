@@ -1,0 +1,209 @@
+"""The pretraining loop shared by every method.
+
+Data lives on the training device as uint8; each step hands the method a float batch in [0, 1],
+the method makes its views (and adversarial views) and returns the loss. The loop owns the
+optimiser, the per-iteration schedule, precision, checkpoints (every epoch, atomically, with
+optimiser, scheduler and RNG states so that a resumed run ends exactly where an uninterrupted one
+would) and the numerical guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from benchmark.data import Dataset
+from benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
+from benchmark.models import BackboneConfig
+from benchmark.optim import build_optimizer, warmup_cosine_lambda
+from methods import get_method
+from methods.base import Batch, Recipe
+
+LAST = "last.pt"
+ENCODER = "encoder.pt"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or the weights became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    method: str
+    method_params: dict[str, Any]  # overrides of the method's defaults (resolved params are recorded)
+    dataset: str
+    image_size: int | None
+    backbone: str
+    seed: int
+    recipe: Recipe
+    train_limit: int | None = None
+    precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "fp32" | "bf16"
+    extras_keys: dict[str, str] = field(default_factory=dict)  # upstream stage keys (pseudo-labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "method_params": dict(sorted(self.method_params.items())),
+            "dataset": self.dataset,
+            "image_size": self.image_size,
+            "backbone": self.backbone,
+            "seed": self.seed,
+            "recipe": self.recipe.to_dict(),
+            "train_limit": self.train_limit,
+            "precision": self.precision,
+        }
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return precision
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_pretrain(
+    cfg: PretrainConfig,
+    data: Dataset,
+    out_dir: Path,
+    device: torch.device,
+    extras: dict[str, Any] | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Pretrain ``cfg.method`` on ``data.pretrain_x``; writes ``encoder.pt`` in ``out_dir``.
+
+    Resumes from ``out_dir/last.pt`` when present. Returns a summary (time, final loss, ...).
+    """
+    extras = extras or {}
+    method = get_method(cfg.method, dataset=cfg.dataset, **cfg.method_params)
+    recipe = cfg.recipe
+    precision = resolve_precision(cfg.precision, device)
+    images = data.pretrain_x[: cfg.train_limit] if cfg.train_limit else data.pretrain_x
+    n = images.shape[0]
+    batch_size = min(recipe.batch_size, n)
+    steps_per_epoch = n // batch_size
+    total_steps = steps_per_epoch * recipe.epochs
+
+    torch.manual_seed(cfg.seed)
+    backbone = BackboneConfig(cfg.backbone, data.channels, data.mean, data.std)
+    model = method.build_model(backbone).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(
+        model.parameters(), recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay, **dict(recipe.optimizer_options),
+    )
+    schedule = warmup_cosine_lambda(
+        total_steps, round(recipe.warmup_epochs * steps_per_epoch), recipe.min_lr_ratio,
+        start_ratio=recipe.warmup_start,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    images = images.to(device)
+    method.setup(data.image_size, device, extras)
+
+    start_epoch, history, elapsed = 1, [], 0.0
+    last = out_dir / LAST
+    if last.exists():
+        ck = load_checkpoint(last, kind="pretrain-state")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        method.load_state_dict(ck["method_state"])
+        _set_rng_state(ck["rng"])
+        start_epoch, history, elapsed = ck["epoch"] + 1, ck["history"], ck["elapsed"]
+
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    )
+    bar = tqdm(
+        total=total_steps, initial=(start_epoch - 1) * steps_per_epoch, disable=not progress,
+        desc=f"pretrain {cfg.method}", unit="step", leave=False, dynamic_ncols=True,
+    )
+    for epoch in range(start_epoch, recipe.epochs + 1):
+        t0 = time.time()
+        model.train()
+        logs = method.on_epoch_start(epoch, recipe.epochs)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        perm = perm.to(device)
+        losses = torch.zeros(steps_per_epoch, device=device)
+        sums: dict[str, torch.Tensor] = {}
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size : (i + 1) * batch_size]
+            batch = Batch(
+                images=images[idx].float().div_(255), indices=idx, epoch=epoch, epochs=recipe.epochs,
+                step=(epoch - 1) * steps_per_epoch + i, extras=extras,
+            )
+            with autocast:
+                loss, step_logs = method.training_step(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses[i] = loss.detach().float()
+            for k, v in step_logs.items():
+                sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32, device=device)
+            bar.update(1)
+        # one host sync per epoch: the numerical guard and the logs
+        values = losses.cpu()
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad) or not all(torch.isfinite(p).all() for p in model.parameters()):
+            step = int(bad[0]) + 1 if len(bad) else steps_per_epoch
+            bar.close()
+            raise NonFiniteLoss(
+                f"{cfg.method}: non-finite loss or weights at epoch {epoch}, step {step}/{steps_per_epoch}; "
+                f"stopped, the last good checkpoint ({'epoch ' + str(epoch - 1) if epoch > 1 else 'none'}) "
+                f"is kept in {out_dir}. Lower the learning rate or check the method's parameters."
+            )
+        elapsed += time.time() - t0
+        entry = {
+            "epoch": epoch, "loss": float(values.mean()), "lr": scheduler.get_last_lr()[0],
+            "seconds": round(time.time() - t0, 3),
+            **{k: round(float(v) / steps_per_epoch, 6) for k, v in sums.items() if k != "loss"},
+            **logs,
+        }
+        history.append(entry)
+        bar.set_postfix(epoch=epoch, loss=f"{entry['loss']:.4f}")
+        save_checkpoint(
+            last, "pretrain-state",
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "method_state": method.state_dict(),
+             "rng": _rng_state(), "epoch": epoch, "history": history, "elapsed": elapsed},
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    bar.close()
+
+    final_loss = history[-1]["loss"] if history else math.nan
+    save_checkpoint(
+        out_dir / ENCODER, "encoder",
+        {"method": cfg.method, "method_params": method.describe()["params"],
+         "backbone": model.encoder.config.to_dict(), "branches": list(method.branches),
+         "finetune_branch": method.finetune_branch, "config": cfg.to_dict(),
+         "state_dict": model.state_dict()},
+    )
+    atomic_write_json(out_dir / "history.json", history)
+    return {"seconds": elapsed, "final_loss": final_loss, "epochs": recipe.epochs,
+            "steps": total_steps, "batch_size": batch_size, "precision": precision,
+            "n_images": n}

@@ -1,0 +1,72 @@
+"""The run store: each stage's output in ``<results>/runs/<stage>/<key>/``.
+
+key = hash of (stage config, upstream keys, code-version tag). A stage directory holds
+``config.json``, its artifacts and is complete only when ``done.json`` is atomically renamed in.
+Re-running skips complete stages; a lock file keeps two processes from running one stage twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark.io import atomic_write_json
+
+# Bump when a change alters what a stage produces: old results then stop matching.
+CODE_VERSION = "acbench-stages/1"
+DONE = "done.json"
+
+
+def stage_key(stage: str, config: dict[str, Any], upstream: dict[str, str] | None = None) -> str:
+    blob = json.dumps(
+        {"stage": stage, "config": config, "upstream": upstream or {}, "code": CODE_VERSION},
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunStore:
+    root: Path  # the results folder
+
+    def dir(self, stage: str, key: str) -> Path:
+        return self.root / "runs" / stage / key
+
+    def is_done(self, stage: str, key: str) -> bool:
+        return (self.dir(stage, key) / DONE).is_file()
+
+    def done_info(self, stage: str, key: str) -> dict[str, Any]:
+        return json.loads((self.dir(stage, key) / DONE).read_text())
+
+    def begin(self, stage: str, key: str, config: dict[str, Any], force: bool = False) -> Path:
+        d = self.dir(stage, key)
+        if force and d.exists():
+            for p in d.iterdir():
+                if p.name != ".lock":
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / "config.json", config)
+        return d
+
+    def finish(self, stage: str, key: str, info: dict[str, Any]) -> None:
+        atomic_write_json(self.dir(stage, key) / DONE, {**info, "finished": time.time()})
+
+    @contextlib.contextmanager
+    def lock(self, stage: str, key: str) -> Iterator[None]:
+        """Exclusive lock on one stage (blocks while another process runs it)."""
+        d = self.dir(stage, key)
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / ".lock", "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)

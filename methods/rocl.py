@@ -1,0 +1,160 @@
+"""RoCL (Kim et al., NeurIPS 2020) and its A-InfoNCE variants (Yu et al., ECCV 2022).
+
+RoCL attacks one view instance-wise: starting from t1 + U(-eps, eps) it maximises the NT-Xent
+between the attacked view and the (fixed) embedding of t2, with the model in eval mode. The loss
+contrasts the three views [t1, t2, adv] and adds a small NT-Xent between adv and t2. Single BN,
+no input normalisation.
+
+The A-InfoNCE variants (``rocl-ip``, ``rocl-hn``, ``rocl-iphn``) keep views, attack and recipe and
+replace the three-view contrast by ``a_info_nce`` with the adversarial view as view 2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from attacks import contrastive_pgd, eval_mode
+from benchmark.augment import SimCLRViews
+from benchmark.models import ContrastiveModel, MLPHead
+from methods import register_method
+from methods.base import Batch, Method, Recipe
+from methods.losses import a_info_nce, info_nce
+from methods.simclr import projector_dims
+
+ADV = 2  # index of the adversarial view in the stack [t1, t2, adv]
+
+
+@register_method("rocl")
+class RoCL(Method):
+    paper = "Kim et al., NeurIPS 2020"
+    summary = "instance-wise attack on one view; 3-view NT-Xent [t1, t2, adv] + 1/256 NT-Xent(adv, t2)"
+    branches = ("normal",)
+    finetune_branch = "normal"
+    normalize_input = False
+
+    @dataclass(frozen=True)
+    class Params:
+        temperature: float = 0.5
+        eps: float = 0.0314
+        attack_step: float = 0.007
+        attack_steps: int = 7
+        reg_weight: float = 1 / 256
+        # Faithful to the released code (see METHODS.md): the 3-view term sums over both
+        # positives of each anchor (x2 against info_nce) and detaches the contrast side.
+        sum_positives: bool = True
+        detach_contrast: bool = True
+        base_lr: float = 0.1  # before RoCL's x15 warm-up multiplier
+
+    def paper_recipe(self, dataset: str | None = None) -> Recipe:
+        return Recipe(
+            epochs=1000, batch_size=512, optimizer="lars", lr=15 * self.params.base_lr,
+            momentum=0.9, weight_decay=1e-6, warmup_epochs=10, warmup_start=1 / 15,
+            optimizer_options=(("eta", 1e-3), ("eps", 1e-8)),
+            source="RoCL paper and Kim-Minseon/RoCL (LARS over SGD, warm-up x15 over 10 epochs, cosine); "
+            "A-InfoNCE (yqy2001/A-InfoNCE) for the variants' learning rates",
+        )
+
+    def build_head(self, feature_dim: int) -> nn.Module:
+        return MLPHead(projector_dims(feature_dim))
+
+    def setup(self, image_size, device, extras) -> None:
+        self.views = SimCLRViews(image_size, scale=(0.08, 1.0), colour_first=True).to(device)
+
+    def adversarial_view(self, model: ContrastiveModel, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        with eval_mode(model):
+            with torch.no_grad():
+                target = model(t2, "normal")  # fixed in eval mode: computed once per step
+            (adv,) = contrastive_pgd(
+                lambda a: info_nce(torch.stack([model(a[0], "normal"), target]), p.temperature),
+                [t1], p.eps, p.attack_step, p.attack_steps,
+            )
+        return adv
+
+    def contrast(self, z: torch.Tensor) -> torch.Tensor:
+        """The 3-view term on z = [t1, t2, adv] ([3, B, D])."""
+        p = self.params
+        loss = info_nce(z, p.temperature, detach_contrast=p.detach_contrast)
+        return loss * (z.shape[0] - 1) if p.sum_positives else loss
+
+    def training_step(self, model: ContrastiveModel, batch: Batch):
+        x = batch.images
+        n = x.shape[0]
+        t1, t2 = self.views(x), self.views(x)
+        adv = self.adversarial_view(model, t1, t2)
+        z = model(torch.cat([t1, t2, adv]), "normal").view(3, n, -1)
+        contrast = self.contrast(z)
+        reg = info_nce(torch.stack([z[ADV], z[1]]), self.params.temperature)
+        loss = contrast + self.params.reg_weight * reg
+        return loss, {"loss": loss.detach(), "contrast": contrast.detach(), "reg": reg.detach()}
+
+
+class _RoCLAInfoNCE(RoCL):
+    """RoCL with the three-view contrast replaced by ``a_info_nce`` (adversarial view 2)."""
+
+    @dataclass(frozen=True)
+    class Params(RoCL.Params):
+        ip: float | None = None
+        adv_weight: float = 1.0
+        hn_beta: float | None = None
+        hn_tau_plus: float = 0.1
+        detach_contrast: bool = False  # the A-InfoNCE code does not detach the contrast side
+
+    def validate(self) -> None:
+        super().validate()
+        p = self.params
+        if p.ip is not None and not 0 <= p.ip <= 1:
+            raise ValueError(f"ip (lambda) must be in [0, 1], got {p.ip}")
+        if p.adv_weight <= 0:
+            raise ValueError(f"adv_weight must be > 0, got {p.adv_weight}")
+        if not 0 <= p.hn_tau_plus < 1:
+            raise ValueError(f"hn_tau_plus must be in [0, 1), got {p.hn_tau_plus}")
+
+    def contrast(self, z: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        hn = (p.hn_beta, p.hn_tau_plus) if p.hn_beta is not None else None
+        loss = a_info_nce(z, adv=(ADV,), temperature=p.temperature, ip=p.ip, adv_weight=p.adv_weight, hn=hn)
+        return loss * (z.shape[0] - 1) if p.sum_positives else loss
+
+
+@register_method("rocl-ip")
+class RoCLIP(_RoCLAInfoNCE):
+    paper = "Yu et al., ECCV 2022 (A-InfoNCE on RoCL)"
+    summary = "RoCL with the adversarial view as an inferior positive (lambda 0.2, pair weight 0.5)"
+
+    @dataclass(frozen=True)
+    class Params(_RoCLAInfoNCE.Params):
+        ip: float | None = 0.2
+        adv_weight: float = 0.5  # the released loss halves each clean-adversarial pair's weight
+        base_lr: float = 0.1
+
+
+@register_method("rocl-hn")
+class RoCLHN(_RoCLAInfoNCE):
+    paper = "Yu et al., ECCV 2022 (A-InfoNCE on RoCL)"
+    summary = "RoCL with hard-negative reweighting (HCL form, beta 1, tau+ 0.12 / 0.1)"
+    dataset_params = {"cifar100": {"hn_tau_plus": 0.1, "base_lr": 0.1}}
+
+    @dataclass(frozen=True)
+    class Params(_RoCLAInfoNCE.Params):
+        hn_beta: float | None = 1.0
+        hn_tau_plus: float = 0.12
+        base_lr: float = 0.2
+
+
+@register_method("rocl-iphn")
+class RoCLIPHN(_RoCLAInfoNCE):
+    paper = "Yu et al., ECCV 2022 (A-InfoNCE on RoCL)"
+    summary = "RoCL with inferior positives and hard negatives (lambda 0.2, beta 1, tau+ 0.12 / 0.1)"
+    dataset_params = {"cifar100": {"hn_tau_plus": 0.1, "base_lr": 0.2}}
+
+    @dataclass(frozen=True)
+    class Params(_RoCLAInfoNCE.Params):
+        ip: float | None = 0.2
+        adv_weight: float = 0.5
+        hn_beta: float | None = 1.0
+        hn_tau_plus: float = 0.12
+        base_lr: float = 0.3
