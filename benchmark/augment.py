@@ -66,7 +66,9 @@ def sample_crop_boxes(
     """
     area = height * width
     target = area * (scale[0] + (scale[1] - scale[0]) * _rand((n, 10), generator))
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * _rand((n, 10), generator)
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * _rand(
+        (n, 10), generator
+    )
     ar = torch.exp(log_r)
     w = torch.round(torch.sqrt(target * ar))  # round half to even, like Python's round()
     h = torch.round(torch.sqrt(target / ar))
@@ -85,8 +87,12 @@ def sample_crop_boxes(
     w = torch.where(ok, w, torch.full_like(w, fw))
     h = torch.where(ok, h, torch.full_like(h, fh))
     u = _rand((n, 2), generator)
-    top = torch.where(ok, torch.floor(u[:, 0] * (height - h + 1)), torch.full_like(h, (height - fh) // 2))
-    left = torch.where(ok, torch.floor(u[:, 1] * (width - w + 1)), torch.full_like(w, (width - fw) // 2))
+    top = torch.where(
+        ok, torch.floor(u[:, 0] * (height - h + 1)), torch.full_like(h, (height - fh) // 2)
+    )
+    left = torch.where(
+        ok, torch.floor(u[:, 1] * (width - w + 1)), torch.full_like(w, (width - fw) // 2)
+    )
     return torch.stack([top, left, h, w], 1).long()
 
 
@@ -103,17 +109,19 @@ def _bicubic_kernel(x: Tensor) -> Tensor:
     return torch.where(x <= 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
 
 
-_KERNELS = {"bilinear": (_bilinear_kernel, 1.0), "bicubic": (_bicubic_kernel, 2.0)}
+_KERNELS = {"bilinear": _bilinear_kernel, "bicubic": _bicubic_kernel}
 
 
-def _resample_matrix(start: Tensor, length: Tensor, in_size: int, out_size: int, kernel: str) -> Tensor:
+def _resample_matrix(
+    start: Tensor, length: Tensor, in_size: int, out_size: int, kernel: str
+) -> Tensor:
     """``[n, out_size, in_size]`` weights resizing the pixels [start, start + length) to out_size.
 
     torch's antialiased interpolation (align_corners=False): output pixel i is centred at
     start + (i + 0.5) * length / out_size; the kernel is stretched by the scale when downsizing;
     weights are restricted to the crop and normalised (which is how edges are clamped).
     """
-    fn, _ = _KERNELS[kernel]
+    fn = _KERNELS[kernel]
     start, length = start.to(torch.float32), length.to(torch.float32)
     scale = length / out_size
     stretch = scale.clamp_min(1.0)  # the kernel widens only when downsizing (antialias)
@@ -207,7 +215,9 @@ _COLOUR_OPS = (_brightness, _contrast, _saturation, _hue)
 _NEUTRAL = (1.0, 1.0, 1.0, 0.0)
 
 
-def colour_jitter(x: Tensor, factors: Tensor, order: Tensor, active: Tensor | None = None) -> Tensor:
+def colour_jitter(
+    x: Tensor, factors: Tensor, order: Tensor, active: Tensor | None = None
+) -> Tensor:
     """torchvision's ``ColorJitter`` with per-sample factors and per-sample op order.
 
     Args:
@@ -277,9 +287,13 @@ class SimCLRViews(nn.Module):
     ) -> None:
         super().__init__()
         if interpolation not in _KERNELS:
-            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
+            raise ValueError(
+                f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}"
+            )
         if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
-            raise ValueError(f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got {scale}, {ratio}")
+            raise ValueError(
+                f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got {scale}, {ratio}"
+            )
         if jitter[3] > 0.5 or min(jitter) < 0:
             raise ValueError(f"jitter magnitudes must be >= 0 and hue <= 0.5, got {jitter}")
         self.size = size
@@ -306,12 +320,15 @@ class SimCLRViews(nn.Module):
         )
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """``x``: images ``[n, C, H, W]`` (float in [0, 1], or uint8) -> float views ``[n, C, size, size]``."""
+        """``x``: images ``[n, C, H, W]`` (float in [0, 1], or uint8) -> float views ``[n, C, size, size]``.
+
+        ``generator``: an optional CPU ``torch.Generator`` for the parameters (default: global RNG).
+        """
         if x.dtype == torch.uint8:
             x = to_float(x)
         n, _, height, width = x.shape
         s = self._strength
-        scale = (1.0 - (1.0 - self.scale[0]) * s, self.scale[1])
+        scale = (min(1.0 - (1.0 - self.scale[0]) * s, self.scale[1]), self.scale[1])
         # a fixed sequence of draws per call, whatever the data: reproducible under a seed
         boxes = sample_crop_boxes(n, height, width, scale, self.ratio, generator)
         flip = _rand((n,), generator) < (0.5 if self.flip else 0.0)
@@ -359,7 +376,9 @@ class CropFlip(nn.Module):
         p = self.padding
         span_y, span_x = height + 2 * p - self.size + 1, width + 2 * p - self.size + 1
         if span_y < 1 or span_x < 1:
-            raise ValueError(f"crop {self.size} larger than the padded {height + 2 * p}x{width + 2 * p} images")
+            raise ValueError(
+                f"crop {self.size} larger than the padded {height + 2 * p}x{width + 2 * p} images"
+            )
         u = _rand((n, 3), generator)
         top = torch.floor(u[:, 0] * span_y).long()
         left = torch.floor(u[:, 1] * span_x).long()
@@ -370,6 +389,6 @@ class CropFlip(nn.Module):
         cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flip reads the columns backwards
         padded = F.pad(x, (p, p, p, p))
         wp = width + 2 * p
-        index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, -1).to(x.device)
+        index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, self.size**2).to(x.device)
         out = padded.flatten(2).gather(2, index.expand(-1, x.shape[1], -1))
         return out.view(n, x.shape[1], self.size, self.size)

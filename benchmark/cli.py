@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 
-from attacks import UnknownAttack, attack_names
 from benchmark.config import PRESETS, SCHEMES, SELECTIONS, get_preset
 from benchmark.data import DATASETS, DataError
 from benchmark.io import CheckpointError
@@ -296,7 +295,13 @@ def run(method, params, schemes, attacks, selection, results, preset, dataset, s
 def leaderboard(results, fmt, out, plots, preset, dataset, scheme) -> None:
     """Render the leaderboard from the records in RESULTS/records (a pure function of them)."""
     from benchmark.io import atomic_write_text
-    from benchmark.leaderboard import build_leaderboard, load_records, load_reported, render, write_plots
+    from benchmark.leaderboard import (
+        build_leaderboard,
+        load_records,
+        load_reported,
+        render,
+        write_plots,
+    )
 
     if preset is not None:
         get_preset(preset)

@@ -4,8 +4,8 @@ A preset fixes the data, the backbone, and how each stage is scaled:
 
 | preset | data | backbone | pretraining | where |
 |---|---|---|---|---|
-| ``smoke`` | digits (16x16, subset) | resnet10-tiny | 1 epoch | tests, seconds per stage |
-| ``quick`` | digits (16x16) | resnet18-small | CPU recipe (see ``QUICK_RECIPE``) | the README's main command, 2 CPU cores |
+| ``smoke`` | digits (16x16, 128-image subset) | resnet10-tiny | 1 epoch | tests, seconds per stage |
+| ``quick`` | digits (16x16) | resnet10-tiny | 10 epochs, CPU recipe (``QUICK_RECIPE``), first 100 test images | the README's main command, 2 CPU cores |
 | ``paper`` | CIFAR-10/100, STL-10 | resnet18 | each method's published recipe | GPU |
 
 Every record stores its preset; leaderboards never mix presets.
@@ -129,14 +129,14 @@ PRESETS: dict[str, Preset] = {
         description="seconds per stage, for tests",
     ),
     "quick": Preset(
-        name="quick", dataset="digits", image_size=16, backbone="resnet18-small",
-        pretrain_epochs=15, pretrain_batch_size=128, recipe_override=QUICK_RECIPE,
+        name="quick", dataset="digits", image_size=16, backbone="resnet10-tiny",
+        pretrain_epochs=10, pretrain_batch_size=128, recipe_override=QUICK_RECIPE,
         finetune={
             "slf": dict(epochs=10, batch_size=128, lr=0.1, milestones=(6, 8)),
-            "alf": dict(epochs=10, batch_size=128, lr=0.1, milestones=(6, 8), attack_steps=3, attack_step=4 / 255),
-            "aff": dict(epochs=10, batch_size=128, lr=0.05, milestones=(6, 8), attack_steps=3, attack_step=4 / 255),
+            "alf": dict(epochs=8, batch_size=128, lr=0.1, milestones=(5, 7), attack_steps=3, attack_step=4 / 255),
+            "aff": dict(epochs=8, batch_size=128, lr=0.05, milestones=(5, 7), attack_steps=3, attack_step=4 / 255),
         },
-        eval=EvalConfig(n_test=360, batch_size=360),
+        eval=EvalConfig(n_test=100, batch_size=500),
         description="the whole digits pipeline in minutes on 2 CPU cores",
     ),
     "paper": Preset(

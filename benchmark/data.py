@@ -96,12 +96,21 @@ class Dataset:
         for split in ("train", "val", "test"):
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if x.dtype != torch.uint8 or x.ndim != 4:
-                raise ValueError(f"{split}_x must be uint8 [N, C, H, W], got {x.dtype} {tuple(x.shape)}")
+                raise ValueError(
+                    f"{split}_x must be uint8 [N, C, H, W], got {x.dtype} {tuple(x.shape)}"
+                )
             if y.dtype != torch.int64 or y.shape != (x.shape[0],):
-                raise ValueError(f"{split}_y must be int64 [{x.shape[0]}], got {y.dtype} {tuple(y.shape)}")
+                raise ValueError(
+                    f"{split}_y must be int64 [{x.shape[0]}], got {y.dtype} {tuple(y.shape)}"
+                )
             if x.shape[1:] != self.train_x.shape[1:]:
-                raise ValueError(f"{split}_x images are {tuple(x.shape[1:])}, train_x's {tuple(self.train_x.shape[1:])}")
-        if self.pretrain_x.dtype != torch.uint8 or self.pretrain_x.shape[1:] != self.train_x.shape[1:]:
+                raise ValueError(
+                    f"{split}_x images are {tuple(x.shape[1:])}, train_x's {tuple(self.train_x.shape[1:])}"
+                )
+        if (
+            self.pretrain_x.dtype != torch.uint8
+            or self.pretrain_x.shape[1:] != self.train_x.shape[1:]
+        ):
             raise ValueError("pretrain_x must be uint8 images shaped like train_x")
 
     @property
@@ -178,7 +187,9 @@ def _n_from(size: int | float, total: int, what: str) -> int:
     if isinstance(size, float) and 0.0 <= size < 1.0:
         return round(size * total)
     if size != int(size) or not 0 <= size < total:
-        raise DataError(f"{what} must be a count in [0, {total}) or a fraction in [0, 1), got {size}")
+        raise DataError(
+            f"{what} must be a count in [0, {total}) or a fraction in [0, 1), got {size}"
+        )
     return int(size)
 
 
@@ -227,7 +238,9 @@ def _resize_uint8(x: torch.Tensor, size: int) -> torch.Tensor:
     out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8)
     for i in range(0, x.shape[0], 4096):
         c = x[i : i + 4096].float()
-        c = F.interpolate(c, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        c = F.interpolate(
+            c, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
         out[i : i + 4096] = c.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
@@ -280,7 +293,9 @@ def _load_digits(image_size: int, val_size: int | float) -> Dataset:
 
     bunch = load_digits()
     raw = torch.from_numpy(bunch.images).float().unsqueeze(1) * (255.0 / 16.0)  # values 0..16
-    x = F.interpolate(raw, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    x = F.interpolate(
+        raw, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+    )
     x = x.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
     y = torch.from_numpy(bunch.target).long()
     rest, test = _stratified_split(y, _DIGITS_TEST)
@@ -313,7 +328,9 @@ def make_synthetic(
         c = y.float()
         hue = c / num_classes
         # hue -> RGB on the colour wheel (channel phase offsets 0, 1/3, 2/3), kept in [0.2, 1]
-        colour = 0.6 + 0.4 * torch.cos(2 * torch.pi * (hue[:, None] - torch.tensor([0.0, 1 / 3, 2 / 3])))
+        colour = 0.6 + 0.4 * torch.cos(
+            2 * torch.pi * (hue[:, None] - torch.tensor([0.0, 1 / 3, 2 / 3]))
+        )
         theta = torch.pi * c / num_classes
         freq = 1.0 + (y % 3).float()  # cycles per image
         coords = (torch.arange(image_size).float() + 0.5) / image_size
@@ -350,7 +367,15 @@ _CIFAR = {
         10,
         "CIFAR10",
     ),
-    "cifar100": ("CIFAR-100", "cifar-100-python", ["train"], ["test"], "fine_labels", 100, "CIFAR100"),
+    "cifar100": (
+        "CIFAR-100",
+        "cifar-100-python",
+        ["train"],
+        ["test"],
+        "fine_labels",
+        100,
+        "CIFAR100",
+    ),
 }
 
 # what a CIFAR pickle may contain: numpy arrays (as Python 2 and 3 numpy pickle them) and bytes
@@ -381,7 +406,9 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar_file(path: Path, label_key: str, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_cifar_file(
+    path: Path, label_key: str, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One CIFAR batch file -> (uint8 [N, 3, 32, 32], int64 [N]); DataError naming the file."""
     if not path.is_file():
         raise _missing_file(path)
@@ -392,13 +419,20 @@ def _read_cifar_file(path: Path, label_key: str, num_classes: int) -> tuple[torc
     except Exception as e:  # any unpickling failure means the file is not a CIFAR batch
         raise _damaged(path, f"not a readable CIFAR pickle ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict):
-        raise _damaged(path, f"holds a {type(obj).__name__}, expected a dict with 'data' and {label_key!r}")
+        raise _damaged(
+            path, f"holds a {type(obj).__name__}, expected a dict with 'data' and {label_key!r}"
+        )
     d = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
     for key in ("data", label_key):
         if key not in d:
             raise _damaged(path, f"no {key!r} entry (keys: {sorted(map(str, d))})")
     data, labels = d["data"], d[label_key]
-    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+    if (
+        not isinstance(data, np.ndarray)
+        or data.dtype != np.uint8
+        or data.ndim != 2
+        or data.shape[1] != 3072
+    ):
         desc = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
         raise _damaged(path, f"'data' must be a uint8 array [N, 3072], got {desc}")
     try:
@@ -408,7 +442,9 @@ def _read_cifar_file(path: Path, label_key: str, num_classes: int) -> tuple[torc
     if y.shape != (data.shape[0],):
         raise _damaged(path, f"{y.numel()} labels for {data.shape[0]} images")
     if len(y) and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise _damaged(path, f"labels range {int(y.min())}..{int(y.max())}, expected 0..{num_classes - 1}")
+        raise _damaged(
+            path, f"labels range {int(y.min())}..{int(y.max())}, expected 0..{num_classes - 1}"
+        )
     x = torch.from_numpy(np.ascontiguousarray(data).reshape(-1, 3, 32, 32).copy())
     return x, y
 
@@ -426,13 +462,15 @@ def _torchvision_download(title: str, root: Path, cls_name: str, **kwargs: Any) 
         ) from e
 
 
-def _load_cifar(name: str, root: Path, download: bool, image_size: int | None, val_size: int | float) -> Dataset:
+def _load_cifar(
+    name: str, root: Path, download: bool, image_size: int | None, val_size: int | float
+) -> Dataset:
     title, folder, train_files, test_files, label_key, num_classes, cls_name = _CIFAR[name]
     base = root / folder
     if not base.is_dir():
         if not download:
             raise DataError(f"{title} not found in {root} (expected {base}). {_DOWNLOAD_HINT}")
-        _torchvision_download(title, root, cls_name, train=True)
+        _torchvision_download(title, root, cls_name, train=False)  # test: the smaller load
     parts = [_read_cifar_file(base / f, label_key, num_classes) for f in train_files]
     x, y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     parts = [_read_cifar_file(base / f, label_key, num_classes) for f in test_files]
@@ -457,7 +495,9 @@ def _read_stl_images(path: Path, image_size: int | None, reserve: int = 0) -> to
         raise _missing_file(path)
     nbytes = path.stat().st_size
     if nbytes == 0 or nbytes % _STL_BYTES:
-        raise _damaged(path, f"{nbytes} bytes, not a whole number of 3x96x96 images ({_STL_BYTES} bytes each)")
+        raise _damaged(
+            path, f"{nbytes} bytes, not a whole number of 3x96x96 images ({_STL_BYTES} bytes each)"
+        )
     n = nbytes // _STL_BYTES
     size = image_size or 96
     out = torch.empty((n + reserve, 3, size, size), dtype=torch.uint8)
@@ -484,12 +524,14 @@ def _read_stl_labels(path: Path, n: int) -> torch.Tensor:
     return y - 1
 
 
-def _load_stl10(root: Path, download: bool, image_size: int | None, val_size: int | float) -> Dataset:
+def _load_stl10(
+    root: Path, download: bool, image_size: int | None, val_size: int | float
+) -> Dataset:
     base = root / _STL_FOLDER
     if not base.is_dir():
         if not download:
             raise DataError(f"STL-10 not found in {root} (expected {base}). {_DOWNLOAD_HINT}")
-        _torchvision_download("STL-10", root, "STL10", split="train+unlabeled")
+        _torchvision_download("STL-10", root, "STL10", split="test")  # the smallest split to load
     x = _read_stl_images(base / "train_X.bin", image_size)
     y = _read_stl_labels(base / "train_y.bin", len(x))
     test_x = _read_stl_images(base / "test_X.bin", image_size)

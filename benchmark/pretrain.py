@@ -121,7 +121,7 @@ def run_pretrain(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     images = images.to(device)
-    method.setup(data.image_size, device, extras)
+    method.setup(data.image_size, device, {**extras, "n_images": n})  # n: to check per-image inputs
 
     start_epoch, history, elapsed = 1, [], 0.0
     last = out_dir / LAST

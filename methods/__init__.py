@@ -23,7 +23,7 @@ from typing import Any
 from methods.base import Method, Recipe
 
 _REGISTRY: dict[str, type[Method]] = {}
-_BUILTINS = ("methods.simclr", "methods.acl", "methods.rocl")
+_BUILTINS = ("methods.simclr", "methods.acl", "methods.rocl", "methods.advcl")
 _loaded = False
 
 

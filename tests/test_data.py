@@ -36,24 +36,72 @@ def write_cifar10(root: Path, per_batch: int = 40, n_test: int = 50) -> dict[str
     train_data, train_labels = [], []
     for i in range(1, 6):
         data, labels = _cifar_arrays(per_batch, 10, seed=i)
-        _dump(base / f"data_batch_{i}", {b"batch_label": b"training batch", b"labels": labels, b"data": data, b"filenames": [b"x.png"] * per_batch})
+        _dump(
+            base / f"data_batch_{i}",
+            {
+                b"batch_label": b"training batch",
+                b"labels": labels,
+                b"data": data,
+                b"filenames": [b"x.png"] * per_batch,
+            },
+        )
         train_data.append(data)
         train_labels += labels
     test_data, test_labels = _cifar_arrays(n_test, 10, seed=99)
-    _dump(base / "test_batch", {b"batch_label": b"testing batch", b"labels": test_labels, b"data": test_data})
-    _dump(base / "batches.meta", {b"label_names": [b"c%d" % i for i in range(10)], b"num_cases_per_batch": per_batch, b"num_vis": 3072})
-    return {"train": (np.concatenate(train_data), np.array(train_labels)), "test": (test_data, np.array(test_labels)), "base": base}
+    _dump(
+        base / "test_batch",
+        {b"batch_label": b"testing batch", b"labels": test_labels, b"data": test_data},
+    )
+    _dump(
+        base / "batches.meta",
+        {
+            b"label_names": [b"c%d" % i for i in range(10)],
+            b"num_cases_per_batch": per_batch,
+            b"num_vis": 3072,
+        },
+    )
+    return {
+        "train": (np.concatenate(train_data), np.array(train_labels)),
+        "test": (test_data, np.array(test_labels)),
+        "base": base,
+    }
 
 
 def write_cifar100(root: Path, n_train: int = 300, n_test: int = 100) -> dict[str, object]:
     base = root / "cifar-100-python"
     base.mkdir(parents=True)
     data, labels = _cifar_arrays(n_train, 100, seed=1)
-    _dump(base / "train", {b"filenames": [], b"batch_label": b"training batch 1 of 1", b"fine_labels": labels, b"coarse_labels": [v // 5 for v in labels], b"data": data})
+    _dump(
+        base / "train",
+        {
+            b"filenames": [],
+            b"batch_label": b"training batch 1 of 1",
+            b"fine_labels": labels,
+            b"coarse_labels": [v // 5 for v in labels],
+            b"data": data,
+        },
+    )
     test_data, test_labels = _cifar_arrays(n_test, 100, seed=2)
-    _dump(base / "test", {b"fine_labels": test_labels, b"coarse_labels": [v // 5 for v in test_labels], b"data": test_data})
-    _dump(base / "meta", {b"fine_label_names": [b"f%d" % i for i in range(100)], b"coarse_label_names": [b"c%d" % i for i in range(20)]})
-    return {"train": (data, np.array(labels)), "test": (test_data, np.array(test_labels)), "base": base}
+    _dump(
+        base / "test",
+        {
+            b"fine_labels": test_labels,
+            b"coarse_labels": [v // 5 for v in test_labels],
+            b"data": test_data,
+        },
+    )
+    _dump(
+        base / "meta",
+        {
+            b"fine_label_names": [b"f%d" % i for i in range(100)],
+            b"coarse_label_names": [b"c%d" % i for i in range(20)],
+        },
+    )
+    return {
+        "train": (data, np.array(labels)),
+        "test": (test_data, np.array(test_labels)),
+        "base": base,
+    }
 
 
 def _stl_images(n: int, seed: int) -> np.ndarray:
@@ -65,7 +113,9 @@ def _write_stl_x(path: Path, x: np.ndarray) -> None:
     np.ascontiguousarray(x.transpose(0, 1, 3, 2)).tofile(path)
 
 
-def write_stl10(root: Path, n_train: int = 50, n_test: int = 40, n_unlabeled: int = 30) -> dict[str, object]:
+def write_stl10(
+    root: Path, n_train: int = 50, n_test: int = 40, n_unlabeled: int = 30
+) -> dict[str, object]:
     base = root / "stl10_binary"
     base.mkdir(parents=True)
     out: dict[str, object] = {"base": base}
@@ -86,7 +136,9 @@ def _rows(x: torch.Tensor) -> list[bytes]:
     return [img.numpy().tobytes() for img in x]
 
 
-def _check_split_of(ds_x: torch.Tensor, ds_y: torch.Tensor, orig_x: np.ndarray, orig_y: np.ndarray) -> None:
+def _check_split_of(
+    ds_x: torch.Tensor, ds_y: torch.Tensor, orig_x: np.ndarray, orig_y: np.ndarray
+) -> None:
     """Every (image, label) of the split is one of the originals, bit for bit."""
     lookup = {img.tobytes(): int(lab) for img, lab in zip(orig_x, orig_y)}
     for img, lab in zip(_rows(ds_x), ds_y.tolist()):
@@ -115,7 +167,12 @@ def test_unknown_name_suggests() -> None:
 
 
 @pytest.mark.parametrize(
-    "name, folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"), ("stl10", "stl10_binary")]
+    "name, folder",
+    [
+        ("cifar10", "cifar-10-batches-py"),
+        ("cifar100", "cifar-100-python"),
+        ("stl10", "stl10_binary"),
+    ],
 )
 def test_missing_directory_says_how_to_fix(tmp_path: Path, name: str, folder: str) -> None:
     with pytest.raises(DataError) as e:
@@ -139,7 +196,9 @@ def test_digits_shapes_splits_and_coverage() -> None:
     assert torch.bincount(ds.val_y).tolist() == [18] * 10  # stratified
     assert torch.bincount(ds.test_y).min() >= 35 and torch.bincount(ds.test_y).max() <= 37
     # three identical channels, full uint8 range used
-    assert torch.equal(ds.train_x[:, 0], ds.train_x[:, 1]) and torch.equal(ds.train_x[:, 0], ds.train_x[:, 2])
+    assert torch.equal(ds.train_x[:, 0], ds.train_x[:, 1]) and torch.equal(
+        ds.train_x[:, 0], ds.train_x[:, 2]
+    )
     assert int(ds.train_x.max()) == 255 and int(ds.train_x.min()) == 0
 
 
@@ -185,7 +244,9 @@ def test_synthetic_sizes_determinism_and_learnable() -> None:
 
     from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(max_iter=300).fit(ds.train_x.flatten(1).float().numpy() / 255, ds.train_y.numpy())
+    clf = LogisticRegression(max_iter=300).fit(
+        ds.train_x.flatten(1).float().numpy() / 255, ds.train_y.numpy()
+    )
     assert clf.score(ds.test_x.flatten(1).float().numpy() / 255, ds.test_y.numpy()) > 0.8
 
 
@@ -223,7 +284,11 @@ def test_cifar100_round_trip(tmp_path: Path) -> None:
     ref = write_cifar100(tmp_path)
     ds = load_dataset("cifar100", data_dir=tmp_path, val_size=100)
     _check_dataset(ds)
-    assert ds.num_classes == 100 and (len(ds.train_x), len(ds.val_x), len(ds.test_x)) == (200, 100, 100)
+    assert ds.num_classes == 100 and (len(ds.train_x), len(ds.val_x), len(ds.test_x)) == (
+        200,
+        100,
+        100,
+    )
     assert torch.bincount(ds.val_y, minlength=100).tolist() == [1] * 100
     test_data, test_labels = ref["test"]
     assert torch.equal(ds.test_x, torch.from_numpy(test_data.reshape(-1, 3, 32, 32)))
@@ -307,7 +372,9 @@ def test_stl10_resize(tmp_path: Path) -> None:
     assert (ds.test_x.float() - expect).abs().max() <= 0.5 + 1e-3
 
 
-@pytest.mark.parametrize("what", ["truncated images", "garbage size", "labels out of range", "label zero", "label count"])
+@pytest.mark.parametrize(
+    "what", ["truncated images", "garbage size", "labels out of range", "label zero", "label count"]
+)
 def test_stl10_corrupt_file_names_the_file(tmp_path: Path, what: str) -> None:
     ref = write_stl10(tmp_path, n_train=20, n_test=10, n_unlabeled=5)
     base: Path = ref["base"]  # type: ignore[assignment]

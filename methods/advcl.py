@@ -1,0 +1,447 @@
+"""AdvCL (Fan et al., NeurIPS 2021) and its A-InfoNCE variants (Yu et al., ECCV 2022).
+
+AdvCL contrasts four views of each image: an adversarial example ``x_cl`` of the weak view
+``x_org`` (RandomCrop + flip), two SimCLR views ``t1``, ``t2`` and the high-frequency part
+``HFC(x_org)``, and adds a cross-entropy on k-means pseudo-labels ``y_h`` (h in 2, 10, 50, 100,
+500) of a second adversarial example ``x_ce``. The backbone has three BN branches: "normal" (clean
+views), "pgd" (``x_cl``) and "pgd_ce" (``x_ce``); the projection head has one shared BN. Both
+adversarial examples start from ``x_org + U(-eps, eps)`` and are made jointly, as in the released
+code (LijieFan/AdvCL, ``pretraining_advCL.py``)::
+
+    x_cl maximises info_nce([z_pgd(x_cl), z(t1), z(t2), z(HFC)])
+    x_ce maximises mean_h CE(fc_h(f_pgd_ce(x_ce)), y_h)
+    loss = (T / 0.07) info_nce([z_pgd(x_cl), z(t1), z(t2), z(HFC)])
+           + 0.2 mean_h CE(fc_h(f_pgd_ce(x_ce)), y_h)
+
+The clean views go through the "normal" branch, in the attack and in the loss (as released). The
+released attack runs with the model in train mode, so the "pgd" and "pgd_ce" running statistics
+are updated at every attack step: ``attack_bn_mode="train"`` (default) keeps that, ``"eval"``
+attacks with running statistics instead. The clean views' embeddings do not depend on the
+perturbation, so the attack computes them once per step (the released code recomputes them at
+every attack step: same gradients, only the "normal" running statistics move 5 times more).
+
+Input normalisation: the released model takes raw [0, 1] images; here, as for ACL, the model
+normalises its input (DESIGN.md), HFC included.
+
+Scaling with the image size (the released values are for 32 x 32): the HFC radius is
+``8 * size / 32`` and the crop padding ``size // 8`` unless set (digits at 16 px: radius 4,
+padding 2). HFC values are not clamped to [0, 1]; the model normalises HFC like any input.
+
+Pseudo-labels come from the ``pseudo_labels`` stage (:mod:`benchmark.pseudolabels`: k-means on
+the features of a SimCLR encoder pretrained on the same data), or from a user file
+(``pseudo_labels_file``: an ``.npz`` with one integer array per k, keys ``k2`` ... ``k500``).
+The heads keep their nominal sizes (``fc_h: feature_dim -> h``) on every dataset; on small data
+the stage caps the number of clusters (see :mod:`benchmark.pseudolabels`), so a head can have more
+outputs than clusters. A user file enters the pretrain key by its path, not its content: after
+changing a file in place, rerun with ``--force``.
+
+The A-InfoNCE variants (``advcl-ip``, ``advcl-hn``, ``advcl-iphn``) keep views, attack (still on
+the plain info_nce) and the CE term, and replace the contrastive term by
+``(T / 0.07) a_info_nce(z, adv=(0,), ip=lam, adv_weight, hn)`` with A-InfoNCE's released settings
+per dataset (METHODS.md). The IP variants adapt lam per batch (:func:`adaptive_ip_weight`); with
+K = 30 (or 20) warm-up epochs, runs shorter than K epochs (the CPU presets) keep lam = lam0.
+d_min (0.4 / 0.5) is an absolute distance tuned for ResNet-18 features on CIFAR.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attacks import contrastive_pgd, eval_mode
+from benchmark.augment import CropFlip, SimCLRViews
+from benchmark.models import ContrastiveModel, MLPHead
+from methods import register_method
+from methods.base import Batch, Method, Recipe
+from methods.losses import a_info_nce, info_nce
+
+CLUSTERS = (2, 10, 50, 100, 500)  # pseudo-label granularities h (one head fc_h each)
+ADV = 0  # index of x_cl in the stack [x_cl, t1, t2, HFC]
+
+
+# ---- views ------------------------------------------------------------------------------------
+
+
+def high_frequency(x: torch.Tensor, radius: float) -> torch.Tensor:
+    """AdvCL's HFC view: per image and channel, 2-D FFT, shift the zero frequency to the centre
+    (h/2, w/2), zero every frequency at distance < ``radius`` from it, inverse FFT, real part.
+
+    The result is not clamped (it has negative values). Equals the released ``generate_high``.
+    """
+    h, w = x.shape[-2:]
+    i = torch.arange(h, device=x.device, dtype=torch.float32)[:, None] - h / 2
+    j = torch.arange(w, device=x.device, dtype=torch.float32)[None, :] - w / 2
+    keep = (i.square() + j.square()).sqrt() >= radius
+    spectrum = torch.fft.fftshift(torch.fft.fft2(x.float()), dim=(-2, -1)) * keep
+    return torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real.to(x.dtype)
+
+
+# ---- pseudo-labels ----------------------------------------------------------------------------
+
+
+def check_pseudo_labels(
+    labels: Mapping[Any, Any], n: int | None, source: str
+) -> dict[int, torch.Tensor]:
+    """Validate pseudo-labels and return ``{h: int64 tensor}`` for every h in :data:`CLUSTERS`.
+
+    ``labels`` maps ``"k<h>"`` (or ``h``) to a 1-D integer array of labels in ``[0, h)``, one per
+    pretraining image (``n`` of them when given). Raises ValueError naming ``source``.
+    """
+    def nominal(key: Any) -> Any:  # "k10" -> 10; ints stay
+        return int(key[1:]) if isinstance(key, str) and key[:1] == "k" and key[1:].isdigit() else key
+
+    found = {nominal(k): v for k, v in labels.items()}
+    missing = [f"k{h}" for h in CLUSTERS if h not in found]
+    if missing:
+        raise ValueError(
+            f"{source}: missing pseudo-label arrays {', '.join(missing)} (need one integer array "
+            f"per k: {', '.join(f'k{h}' for h in CLUSTERS)})"
+        )
+    out: dict[int, torch.Tensor] = {}
+    for h in CLUSTERS:
+        a = found[h]
+        a = a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{source}: k{h} must hold integers, got dtype {a.dtype}")
+        if a.ndim != 1:
+            raise ValueError(f"{source}: k{h} must be 1-D (one label per image), got shape {a.shape}")
+        if n is not None and len(a) != n:
+            raise ValueError(
+                f"{source}: k{h} has {len(a)} labels but there are {n} pretraining images "
+                "(labels must be aligned with the pretraining images, after train_limit)"
+            )
+        if len(a) and (a.min() < 0 or a.max() >= h):
+            raise ValueError(
+                f"{source}: k{h} labels must be in [0, {h}), got values in [{a.min()}, {a.max()}]"
+            )
+        out[h] = torch.from_numpy(a.astype(np.int64))
+    lengths = {len(v) for v in out.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"{source}: the arrays have different lengths {sorted(lengths)}")
+    return out
+
+
+def load_pseudo_labels(path: str | Path, n: int | None = None) -> dict[int, torch.Tensor]:
+    """Read and validate a pseudo-label ``.npz`` file (see :func:`check_pseudo_labels`)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ValueError(f"pseudo-label file {path} does not exist")
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError(f"pseudo-label file {path} is not an .npz archive of arrays k2, k10, ...")
+        with archive:
+            labels = {k: archive[k] for k in archive.files}
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"pseudo-label file {path} cannot be read as .npz ({e})") from None
+    except ValueError as e:
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"pseudo-label file {path} cannot be read as .npz ({e})") from None
+    return check_pseudo_labels(labels, n, f"pseudo-label file {path}")
+
+
+# ---- adaptive inferior-positive weight --------------------------------------------------------
+
+
+def adaptive_ip_weight(d_t: float, d_bar: float, d_min: float, lam0: float) -> float:
+    """A-InfoNCE's adaptive lam after the warm-up (METHODS.md, "Adaptive lam").
+
+    lam0 if d_t > d_bar; 0.5 if d_t < d_min; else lam0 + (d_bar - d_t) / (d_bar - d_min) (0.5 - lam0).
+    """
+    if d_t > d_bar:
+        return lam0
+    if d_t < d_min:
+        return 0.5
+    if d_bar <= d_min:  # d_t == d_bar == d_min: the interpolation's d_bar end
+        return lam0
+    return lam0 + (d_bar - d_t) / (d_bar - d_min) * (0.5 - lam0)
+
+
+class AdaptiveIPWeight:
+    """lam per batch: lam0 for the first ``warmup_epochs`` epochs, while d_bar accumulates the
+    running mean of d_t (weighted by batch size, like the released ``AverageMeter``); then
+    :func:`adaptive_ip_weight` against that (frozen) d_bar."""
+
+    def __init__(self, lam0: float, warmup_epochs: int, d_min: float):
+        self.lam0, self.warmup_epochs, self.d_min = lam0, warmup_epochs, d_min
+        self.total, self.count = 0.0, 0
+
+    @property
+    def d_bar(self) -> float:
+        return self.total / self.count if self.count else math.nan
+
+    def __call__(self, d_t: float, n: int, epoch: int) -> float:
+        if epoch <= self.warmup_epochs:
+            self.total += d_t * n
+            self.count += n
+            return self.lam0
+        if not self.count:  # no warm-up: the released AverageMeter's mean stays 0 -> lam0
+            return self.lam0
+        return adaptive_ip_weight(d_t, self.d_bar, self.d_min, self.lam0)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.total, self.count = float(state["total"]), int(state["count"])
+
+
+# ---- methods ----------------------------------------------------------------------------------
+
+
+@register_method("advcl")
+class AdvCL(Method):
+    paper = "Fan et al., NeurIPS 2021"
+    summary = "4-view contrast [adv(x_org), t1, t2, HFC] x T/0.07 + 0.2 CE on k-means pseudo-labels; triple BN"
+    branches = ("normal", "pgd", "pgd_ce")
+    finetune_branch = "pgd"
+    requires = ("pseudo_labels",)
+
+    @dataclass(frozen=True)
+    class Params:
+        temperature: float = 0.5
+        base_temperature: float = 0.07  # SupCon's: the contrastive term is scaled by T / 0.07
+        eps: float = 8 / 255
+        attack_step: float = 2 / 255
+        attack_steps: int = 5
+        ce_weight: float = 0.2
+        crop_scale_min: float = 0.2  # t1, t2: RandomResizedCrop scale (0.2, 1)
+        crop_padding: int | None = None  # x_org: RandomCrop padding; None: size // 8 (4 at 32 px)
+        hfc_radius: float | None = None  # None: 8 * size / 32 (8 at 32 px)
+        attack_bn_mode: str = "train"  # "train": as released (BN statistics update); "eval"
+        pseudo_labels_file: str | None = None  # .npz of k2..k500 arrays; None: the stage's labels
+        lr: float = 0.5  # the paper recipe's peak learning rate
+
+    def __init__(self, dataset: str | None = None, **overrides: Any):
+        super().__init__(dataset, **overrides)
+        if self.params.pseudo_labels_file is not None:
+            self.requires = ()  # labels come from the user's file: no SimCLR + k-means stage
+
+    def validate(self) -> None:
+        super().validate()
+        p = self.params
+        if p.attack_bn_mode not in ("train", "eval"):
+            raise ValueError(f"attack_bn_mode must be 'train' or 'eval', got {p.attack_bn_mode!r}")
+        if p.ce_weight < 0 or p.base_temperature <= 0 or p.lr <= 0:
+            raise ValueError("ce_weight must be >= 0, base_temperature and lr > 0")
+        if not 0 < p.crop_scale_min <= 1:
+            raise ValueError(f"crop_scale_min must be in (0, 1], got {p.crop_scale_min}")
+        if (p.crop_padding is not None and p.crop_padding < 0) or (p.hfc_radius is not None and p.hfc_radius < 0):
+            raise ValueError("crop_padding and hfc_radius must be >= 0")
+        if p.pseudo_labels_file is not None:
+            load_pseudo_labels(p.pseudo_labels_file)  # fail early; the length is checked in setup
+
+    def paper_recipe(self, dataset: str | None = None) -> Recipe:
+        lr = self.params.lr
+        return Recipe(
+            epochs=1000, batch_size=512, optimizer="sgd", lr=lr, momentum=0.9, weight_decay=1e-4,
+            warmup_epochs=10, warmup_start=0.01 / lr, min_lr_ratio=1e-3,
+            source="AdvCL paper and LijieFan/AdvCL (SGD, warm-up from 0.01 over 10 epochs, cosine to "
+            "lr x 1e-3; released cosine per epoch, here per iteration); A-InfoNCE (yqy2001/A-InfoNCE) "
+            "for the variants' learning rates (released at 400 epochs; acbench keeps 1000 for all)",
+        )
+
+    def build_head(self, feature_dim: int) -> nn.Module:
+        # feature-feature-BN-ReLU-128 with one BN shared by every branch (plain BN, not branch BN)
+        return MLPHead([feature_dim, feature_dim, 128], bn=True, branches=None)
+
+    def build_extra_heads(self, feature_dim: int) -> nn.ModuleDict:
+        return nn.ModuleDict({f"fc{h}": nn.Linear(feature_dim, h) for h in CLUSTERS})
+
+    def setup(self, image_size, device, extras) -> None:
+        p = self.params
+        n = extras.get("n_images")
+        self.views = SimCLRViews(image_size, scale=(p.crop_scale_min, 1.0)).to(device)
+        padding = image_size // 8 if p.crop_padding is None else p.crop_padding
+        self.weak = CropFlip(image_size, padding).to(device)
+        self.radius = 8 * image_size / 32 if p.hfc_radius is None else p.hfc_radius
+        if p.pseudo_labels_file is not None:
+            labels = load_pseudo_labels(p.pseudo_labels_file, n)
+        elif "pseudo_labels" in extras:
+            labels = check_pseudo_labels(extras["pseudo_labels"], n, "the pseudo_labels stage")
+        else:
+            raise ValueError(
+                f"{self.name} needs pseudo-labels: run it through the pipeline (its pseudo_labels "
+                "stage makes them) or pass pseudo_labels_file=<file.npz>"
+            )
+        self.labels = torch.stack([labels[h] for h in CLUSTERS]).to(device)  # [H, n], moved once
+
+    def _aux_mode(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        return eval_mode(model) if self.params.attack_bn_mode == "eval" else contextlib.nullcontext()
+
+    def pseudo_label_loss(self, model: ContrastiveModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """mean_h CE(fc_h(f_pgd_ce(x)), y_h); ``y`` is [H, B]."""
+        f = model.features(x, "pgd_ce")
+        ce = [F.cross_entropy(model.extra_heads[f"fc{h}"](f), y[i]) for i, h in enumerate(CLUSTERS)]
+        return torch.stack(ce).mean()
+
+    def adversarial_views(
+        self, model: ContrastiveModel, x_org: torch.Tensor, clean: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_cl ("pgd") and x_ce ("pgd_ce"), made jointly; ``clean`` = [t1, t2, HFC] ([3n, ...])."""
+        p = self.params
+        n = x_org.shape[0]
+        with self._aux_mode(model):
+            with torch.no_grad():  # independent of the perturbation: once per step
+                z_clean = torch.stack([model(v, "normal") for v in clean.split(n)])
+
+            def objective(adv: list[torch.Tensor]) -> torch.Tensor:
+                x_cl, x_ce = adv
+                contrast = info_nce(torch.cat([model(x_cl, "pgd")[None], z_clean]), p.temperature)
+                return contrast + p.ce_weight * self.pseudo_label_loss(model, x_ce, y)
+
+            x_cl, x_ce = contrastive_pgd(objective, [x_org, x_org], p.eps, p.attack_step, p.attack_steps)
+        return x_cl, x_ce
+
+    def contrast(self, z: torch.Tensor, lam: float | None = None) -> torch.Tensor:
+        """The contrastive term on z = [x_cl, t1, t2, HFC] ([4, B, D])."""
+        p = self.params
+        return p.temperature / p.base_temperature * info_nce(z, p.temperature)
+
+    def inferior_positive_weight(
+        self, model: ContrastiveModel, x_org: torch.Tensor, x_cl: torch.Tensor, batch: Batch
+    ) -> tuple[float | None, dict[str, float]]:
+        return None, {}
+
+    def training_step(self, model: ContrastiveModel, batch: Batch):
+        p = self.params
+        x = batch.images
+        t1, t2, x_org = self.views(x), self.views(x), self.weak(x)
+        x_hfc = high_frequency(x_org, self.radius)
+        y = self.labels[:, batch.indices]
+        x_cl, x_ce = self.adversarial_views(model, x_org, torch.cat([t1, t2, x_hfc]), y)
+        lam, logs = self.inferior_positive_weight(model, x_org, x_cl, batch)
+        # separate calls: each view is normalised with its own batch statistics, as released
+        z = torch.stack([model(x_cl, "pgd"), model(t1, "normal"), model(t2, "normal"), model(x_hfc, "normal")])
+        contrast = self.contrast(z, lam)
+        ce = self.pseudo_label_loss(model, x_ce, y)
+        loss = contrast + p.ce_weight * ce
+        return loss, {"loss": loss.detach(), "contrast": contrast.detach(), "ce": ce.detach(), **logs}
+
+
+class _AdvCLAInfoNCE(AdvCL):
+    """AdvCL with the contrastive term replaced by ``a_info_nce`` (x_cl is the adversarial view).
+
+    ``ip`` is lam0; with ``adaptive_epochs`` = K set, lam adapts per batch after K epochs from the
+    distance d_t = mean_i ||f(x_org_i) - f(x_cl_i)||_2 of backbone features ("normal" branch, no
+    gradient, computed in the attack's BN mode: train mode as released).
+    """
+
+    @dataclass(frozen=True)
+    class Params(AdvCL.Params):
+        ip: float | None = None  # lam0
+        adv_weight: float = 1.0
+        adaptive_epochs: int | None = None  # K; None: lam = lam0 throughout
+        d_min: float = 0.4
+        hn_beta: float | None = None
+        hn_tau_plus: float = 0.1
+
+    def __init__(self, dataset: str | None = None, **overrides: Any):
+        super().__init__(dataset, **overrides)
+        p = self.params
+        self.adaptive = (
+            AdaptiveIPWeight(p.ip, p.adaptive_epochs, p.d_min)
+            if p.ip is not None and p.adaptive_epochs is not None else None
+        )
+
+    def validate(self) -> None:
+        super().validate()
+        p = self.params
+        if p.ip is not None and not 0 <= p.ip <= 1:
+            raise ValueError(f"ip (lambda) must be in [0, 1], got {p.ip}")
+        if p.adv_weight < 0:
+            raise ValueError(f"adv_weight must be >= 0, got {p.adv_weight}")
+        if not 0 <= p.hn_tau_plus < 1:
+            raise ValueError(f"hn_tau_plus must be in [0, 1), got {p.hn_tau_plus}")
+        if p.adaptive_epochs is not None and p.adaptive_epochs < 0:
+            raise ValueError(f"adaptive_epochs must be >= 0, got {p.adaptive_epochs}")
+
+    def contrast(self, z: torch.Tensor, lam: float | None = None) -> torch.Tensor:
+        p = self.params
+        hn = (p.hn_beta, p.hn_tau_plus) if p.hn_beta is not None else None
+        ip = lam if lam is not None else p.ip
+        loss = a_info_nce(z, adv=(ADV,), temperature=p.temperature, ip=ip, adv_weight=p.adv_weight, hn=hn)
+        return p.temperature / p.base_temperature * loss
+
+    def inferior_positive_weight(self, model, x_org, x_cl, batch):
+        if self.adaptive is None:
+            return self.params.ip, {}
+        with self._aux_mode(model), torch.no_grad():
+            d_t = (model.features(x_org, "normal") - model.features(x_cl, "normal")).norm(dim=1).mean()
+        d_t = float(d_t)  # one host sync per step: a_info_nce takes lam as a number
+        lam = self.adaptive(d_t, x_org.shape[0], batch.epoch)
+        return lam, {"lam": lam, "d_t": d_t}
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
+        if self.adaptive is None or not self.adaptive.count:
+            return {}
+        return {"d_bar": round(self.adaptive.d_bar, 6)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"adaptive_ip": self.adaptive.state_dict()} if self.adaptive is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.adaptive is not None and "adaptive_ip" in state:
+            self.adaptive.load_state_dict(state["adaptive_ip"])
+
+
+_PAPER = "Yu et al., ECCV 2022 (A-InfoNCE, AdvCL)"
+
+
+@register_method("advcl-ip")
+class AdvCLIP(_AdvCLAInfoNCE):
+    paper = _PAPER
+    summary = "AdvCL with x_cl as an inferior positive (adaptive lambda from 0.2, pair weight 1.2)"
+    dataset_params = {"cifar100": {"ip": 0.3, "adv_weight": 1.5, "adaptive_epochs": 20, "d_min": 0.5, "lr": 2.0}}
+
+    @dataclass(frozen=True)
+    class Params(_AdvCLAInfoNCE.Params):
+        ip: float | None = 0.2
+        adv_weight: float = 1.2
+        adaptive_epochs: int | None = 30
+        d_min: float = 0.4
+        lr: float = 1.0
+
+
+@register_method("advcl-hn")
+class AdvCLHN(_AdvCLAInfoNCE):
+    paper = _PAPER
+    summary = "AdvCL with hard-negative reweighting (HCL form, beta 1, tau+ 0.12 / 0.01)"
+    dataset_params = {"cifar100": {"hn_tau_plus": 0.01, "lr": 2.0}}
+
+    @dataclass(frozen=True)
+    class Params(_AdvCLAInfoNCE.Params):
+        hn_beta: float | None = 1.0
+        hn_tau_plus: float = 0.12
+        lr: float = 1.2
+
+
+@register_method("advcl-iphn")
+class AdvCLIPHN(_AdvCLAInfoNCE):
+    paper = _PAPER
+    summary = "AdvCL with inferior positives (adaptive lambda from 0.2, weight 0.7) and hard negatives"
+    dataset_params = {
+        "cifar100": {"ip": 0.3, "adv_weight": 1.5, "adaptive_epochs": 20, "d_min": 0.5,
+                     "hn_tau_plus": 0.01, "lr": 2.0},
+    }
+
+    @dataclass(frozen=True)
+    class Params(_AdvCLAInfoNCE.Params):
+        ip: float | None = 0.2
+        adv_weight: float = 0.7
+        adaptive_epochs: int | None = 30
+        d_min: float = 0.4
+        hn_beta: float | None = 1.0
+        hn_tau_plus: float = 0.1
+        lr: float = 2.0
