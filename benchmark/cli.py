@@ -325,5 +325,97 @@ def leaderboard(results, fmt, out, plots, preset, dataset, scheme) -> None:
             click.echo(f"wrote {p}", err=True)
 
 
+@main.command()
+@click.argument("suite_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+@click.option("--preset", default=None, help="smoke, quick or paper (default: the file's, else quick).")
+@click.option("--methods", default=None, help="Comma-separated method names, or 'all' (default).")
+@click.option("--datasets", default=None, help="Comma-separated datasets (default: the preset's).")
+@click.option("--seeds", default=None, help="Comma-separated seeds, e.g. 0,1,2 (default: 0).")
+@click.option("--schemes", default=None, help="Comma-separated subset of slf,alf,aff (default: all).")
+@click.option("--attacks", default=None, help="Comma-separated subset of pgd20,autoattack,aa-lite.")
+@click.option("--select", "selection", default=None, help="Model selection: last or val.")
+@click.option("--executor", default=None, help="local (default), pool, submitit-local or slurm.")
+@click.option("--jobs", type=int, default=None, help="Worker processes for --executor pool.")
+@click.option("--partition", default=None, help="SLURM partition.")
+@click.option("--time-min", type=int, default=None, help="SLURM time limit per job (minutes).")
+@click.option("--gpus-per-job", type=int, default=None, help="SLURM GPUs per job.")
+@click.option("--array-parallelism", type=int, default=None, help="SLURM jobs of an array running at once.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--download", is_flag=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="Redo every stage of the grid.")
+@click.option("--quiet", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def suite(suite_file, results, preset, methods, datasets, seeds, schemes, attacks, selection, executor, jobs,
+          partition, time_min, gpus_per_job, array_parallelism, data_dir, download, device, precision, force,
+          quiet, as_json) -> None:
+    """Run a benchmark grid (method x dataset x seed x scheme) and write RESULTS/leaderboard.md.
+
+    Options override SUITE_FILE (TOML with the same keys: preset, methods, datasets, seeds, schemes,
+    attacks, selection, executor, jobs, [slurm], [params.<method>]). Finished stages are skipped.
+    """
+    from benchmark.pipeline import dataset_for
+    from benchmark.suite import build_suite, load_suite_file, run_suite
+
+    fields = load_suite_file(suite_file) if suite_file else {}
+    where = str(suite_file) if suite_file else "options"
+    cli = {"preset": preset, "methods": methods, "datasets": datasets, "schemes": schemes, "attacks": attacks,
+           "selection": selection, "executor": executor, "jobs": jobs}
+    if seeds is not None:
+        try:
+            cli["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds")
+    fields.update({k: v for k, v in cli.items() if v is not None})
+    slurm = dict(fields.get("slurm", {}))
+    for k, v in (("partition", partition), ("time_min", time_min), ("gpus_per_job", gpus_per_job),
+                 ("array_parallelism", array_parallelism)):
+        if v is not None:
+            slurm[k] = v
+    if slurm:
+        fields["slurm"] = slurm
+    spec = build_suite(fields, where)
+    opts = make_options(results, data_dir, download, device, precision, force, quiet)
+    for d in spec.resolved_datasets():  # missing data fails here, before anything runs
+        dataset_for(opts, get_preset(spec.preset), d)
+    summary = run_suite(opts, spec, progress=not quiet, echo=lambda s: click.echo(s, err=True))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"{summary['jobs']} jobs, {summary['failed']} failed, {summary['seconds']:.1f}s")
+        for p in summary["leaderboard"]:
+            click.echo(f"wrote {p}")
+    if summary["failed"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--results", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@user_errors
+def status(results, as_json) -> None:
+    """The run store's stages: state (done, running, failed, incomplete), duration, record."""
+    from benchmark.store import RunStore
+
+    rows = RunStore(Path(results)).stages()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no stages in {Path(results).resolve() / 'runs'}")
+        return
+    from tabulate import tabulate
+
+    click.echo(tabulate(
+        [[r["stage"], r["key"], r["state"], "" if r["seconds"] is None else f"{r['seconds']:.1f}", r["what"]]
+         for r in rows],
+        headers=["stage", "key", "state", "seconds", "what"], tablefmt="github"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -106,7 +106,7 @@ def pretrain_stage(
     if store.is_done("pretrain", key) and not opts.force:
         return key
     data = dataset_for(opts, preset, dataset)
-    with store.lock("pretrain", key):
+    with store.running("pretrain", key):
         if store.is_done("pretrain", key) and not opts.force:
             return key
         d = store.begin("pretrain", key, {"config": cfg.to_dict(), "upstream": upstream}, force=opts.force)
@@ -126,7 +126,7 @@ def finetune_stage(
     if store.is_done("finetune", key) and not opts.force:
         return key
     data = dataset_for(opts, preset, dataset)
-    with store.lock("finetune", key):
+    with store.running("finetune", key):
         if store.is_done("finetune", key) and not opts.force:
             return key
         d = store.begin("finetune", key, {**config, "upstream": {"pretrain": pretrain_key}}, force=opts.force)
@@ -148,7 +148,7 @@ def evaluate_stage(
     if store.is_done("evaluate", key) and not opts.force:
         return key
     data = dataset_for(opts, preset, dataset)
-    with store.lock("evaluate", key):
+    with store.running("evaluate", key):
         if store.is_done("evaluate", key) and not opts.force:
             return key
         store.begin("evaluate", key, {**config, "upstream": {"finetune": finetune_key}}, force=opts.force)

@@ -22,10 +22,10 @@ from tqdm.auto import tqdm
 
 from benchmark.data import Dataset
 from benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
-from benchmark.models import BackboneConfig
+from benchmark.models import BackboneConfig, ContrastiveModel
 from benchmark.optim import build_optimizer, warmup_cosine_lambda
 from methods import get_method
-from methods.base import Batch, Recipe
+from methods.base import Batch, Method, Recipe
 
 LAST = "last.pt"
 ENCODER = "encoder.pt"
@@ -83,19 +83,60 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def run_pretrain(
-    cfg: PretrainConfig,
-    data: Dataset,
-    out_dir: Path,
-    device: torch.device,
-    extras: dict[str, Any] | None = None,
-    progress: bool = True,
-    on_epoch_end: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Pretrain ``cfg.method`` on ``data.pretrain_x``; writes ``encoder.pt`` in ``out_dir``.
+class EpochLog:
+    """The per-step values of one epoch, kept on the device (no host sync per step)."""
 
-    Resumes from ``out_dir/last.pt`` when present. Returns a summary (time, final loss, ...).
-    """
+    def __init__(self, steps: int, device: torch.device):
+        self.losses = torch.zeros(steps, device=device)
+        self.sums: dict[str, torch.Tensor] = {}
+
+    def add(self, i: int, loss: torch.Tensor, logs: dict[str, Any]) -> None:
+        self.losses[i] = loss.detach().float()
+        for k, v in logs.items():
+            self.sums[k] = self.sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32, device=self.losses.device)
+
+
+@dataclass
+class Training:
+    """Everything a pretraining step needs, built by :func:`build_training` (the loop's state)."""
+
+    method: Method
+    model: ContrastiveModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    images: torch.Tensor  # uint8 pretraining images, on the device
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    precision: str  # resolved: "fp32" | "bf16"
+    extras: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        self.autocast = (
+            torch.autocast(self.images.device.type, dtype=torch.bfloat16)
+            if self.precision == "bf16" else contextlib.nullcontext()
+        )
+
+    def step(self, idx: torch.Tensor, epoch: int, i: int, log: EpochLog) -> None:
+        """Step ``i`` of ``epoch`` on the images ``idx``: the method's loss, backward, update, schedule."""
+        batch = Batch(
+            images=self.images[idx].float().div_(255), indices=idx, epoch=epoch, epochs=self.epochs,
+            step=(epoch - 1) * self.steps_per_epoch + i, extras=self.extras,
+        )
+        with self.autocast:
+            loss, step_logs = self.method.training_step(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        log.add(i, loss, step_logs)
+
+
+def build_training(
+    cfg: PretrainConfig, data: Dataset, device: torch.device, extras: dict[str, Any] | None = None
+) -> Training:
+    """Method, model, optimiser and schedule of ``cfg`` on ``data``, set up on ``device`` (seeded)."""
     extras = extras or {}
     method = get_method(cfg.method, dataset=cfg.dataset, **cfg.method_params)
     recipe = cfg.recipe
@@ -122,6 +163,31 @@ def run_pretrain(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     images = images.to(device)
     method.setup(data.image_size, device, {**extras, "n_images": n})  # n: to check per-image inputs
+    return Training(
+        method=method, model=model, optimizer=optimizer, scheduler=scheduler, images=images,
+        batch_size=batch_size, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        epochs=recipe.epochs, precision=precision, extras=extras,
+    )
+
+
+def run_pretrain(
+    cfg: PretrainConfig,
+    data: Dataset,
+    out_dir: Path,
+    device: torch.device,
+    extras: dict[str, Any] | None = None,
+    progress: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Pretrain ``cfg.method`` on ``data.pretrain_x``; writes ``encoder.pt`` in ``out_dir``.
+
+    Resumes from ``out_dir/last.pt`` when present. Returns a summary (time, final loss, ...).
+    """
+    extras = extras or {}
+    tr = build_training(cfg, data, device, extras)
+    method, model, optimizer, scheduler = tr.method, tr.model, tr.optimizer, tr.scheduler
+    recipe, precision, n = cfg.recipe, tr.precision, tr.images.shape[0]
+    batch_size, steps_per_epoch, total_steps = tr.batch_size, tr.steps_per_epoch, tr.total_steps
 
     start_epoch, history, elapsed = 1, [], 0.0
     last = out_dir / LAST
@@ -134,9 +200,6 @@ def run_pretrain(
         _set_rng_state(ck["rng"])
         start_epoch, history, elapsed = ck["epoch"] + 1, ck["history"], ck["elapsed"]
 
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-    )
     bar = tqdm(
         total=total_steps, initial=(start_epoch - 1) * steps_per_epoch, disable=not progress,
         desc=f"pretrain {cfg.method}", unit="step", leave=False, dynamic_ncols=True,
@@ -147,26 +210,12 @@ def run_pretrain(
         logs = method.on_epoch_start(epoch, recipe.epochs)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
         perm = perm.to(device)
-        losses = torch.zeros(steps_per_epoch, device=device)
-        sums: dict[str, torch.Tensor] = {}
+        log = EpochLog(steps_per_epoch, device)
         for i in range(steps_per_epoch):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            batch = Batch(
-                images=images[idx].float().div_(255), indices=idx, epoch=epoch, epochs=recipe.epochs,
-                step=(epoch - 1) * steps_per_epoch + i, extras=extras,
-            )
-            with autocast:
-                loss, step_logs = method.training_step(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses[i] = loss.detach().float()
-            for k, v in step_logs.items():
-                sums[k] = sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32, device=device)
+            tr.step(perm[i * batch_size : (i + 1) * batch_size], epoch, i, log)
             bar.update(1)
         # one host sync per epoch: the numerical guard and the logs
-        values = losses.cpu()
+        values = log.losses.cpu()
         bad = (~torch.isfinite(values)).nonzero()
         if len(bad) or not all(torch.isfinite(p).all() for p in model.parameters()):
             step = int(bad[0]) + 1 if len(bad) else steps_per_epoch
@@ -180,7 +229,7 @@ def run_pretrain(
         entry = {
             "epoch": epoch, "loss": float(values.mean()), "lr": scheduler.get_last_lr()[0],
             "seconds": round(time.time() - t0, 3),
-            **{k: round(float(v) / steps_per_epoch, 6) for k, v in sums.items() if k != "loss"},
+            **{k: round(float(v) / steps_per_epoch, 6) for k, v in log.sums.items() if k != "loss"},
             **logs,
         }
         history.append(entry)

@@ -23,6 +23,36 @@ from benchmark.io import atomic_write_json
 # Bump when a change alters what a stage produces: old results then stop matching.
 CODE_VERSION = "acbench-stages/1"
 DONE = "done.json"
+FAILED = "error.json"
+
+
+def _locked(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return False
+
+
+def _describe(d: Path) -> str:
+    """A short description of a stage from its config.json."""
+    try:
+        cfg = json.loads((d / "config.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    c = cfg.get("config", cfg)
+    parts = [str(c[k]) for k in ("method", "dataset") if k in c]
+    if "seed" in c:
+        parts.append(f"seed {c['seed']}")
+    if "finetune" in c:
+        parts.append(c["finetune"].get("scheme", ""))
+    if "attacks" in c:
+        parts.append("+".join(c["attacks"]))
+    return " ".join(parts)
 
 
 def stage_key(stage: str, config: dict[str, Any], upstream: dict[str, str] | None = None) -> str:
@@ -58,6 +88,45 @@ class RunStore:
 
     def finish(self, stage: str, key: str, info: dict[str, Any]) -> None:
         atomic_write_json(self.dir(stage, key) / DONE, {**info, "finished": time.time()})
+
+    def fail(self, stage: str, key: str, error: BaseException) -> None:
+        atomic_write_json(self.dir(stage, key) / FAILED, {"error": f"{type(error).__name__}: {error}",
+                                                         "time": time.time()})
+
+    @contextlib.contextmanager
+    def running(self, stage: str, key: str) -> Iterator[None]:
+        """Lock the stage and record a failure (``error.json``) if the body raises."""
+        with self.lock(stage, key):
+            (self.dir(stage, key) / FAILED).unlink(missing_ok=True)
+            try:
+                yield
+            except BaseException as e:
+                if not isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    self.fail(stage, key, e)
+                raise
+
+    def stages(self) -> list[dict[str, Any]]:
+        """Every stage folder with its state: done, running, failed or incomplete."""
+        rows = []
+        runs = self.root / "runs"
+        if not runs.is_dir():
+            return rows
+        for stage_dir in sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("_")):
+            for d in sorted(p for p in stage_dir.iterdir() if p.is_dir()):
+                state, seconds = "incomplete", None
+                if (d / DONE).is_file():
+                    state = "done"
+                    try:
+                        seconds = json.loads((d / DONE).read_text()).get("seconds")
+                    except (OSError, ValueError):
+                        state = "corrupt"
+                elif _locked(d / ".lock"):
+                    state = "running"
+                elif (d / FAILED).is_file():
+                    state = "failed"
+                rows.append({"stage": stage_dir.name, "key": d.name, "state": state, "seconds": seconds,
+                             "what": _describe(d), "dir": str(d)})
+        return rows
 
     @contextlib.contextmanager
     def lock(self, stage: str, key: str) -> Iterator[None]:

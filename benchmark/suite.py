@@ -1,0 +1,346 @@
+"""The suite runner: a thin scheduler over the pipeline's stage DAG.
+
+A suite is a grid (method x dataset x seed x scheme x attack). Its jobs come in two layers:
+
+1. one pretraining job per (method, dataset, seed) (AdvCL's pseudo-label stage runs inside it,
+   shared through the run store);
+2. one job per (method, dataset, seed, scheme): finetune, evaluate, write the record.
+
+The same job functions run under every executor: ``local`` (in this process, in order), ``pool``
+(N worker processes), ``submitit-local`` (submitit's local executor, used by the tests) and
+``slurm`` (submitit job arrays, one per layer). Stages already in the run store are skipped; a
+failed job is reported with its log and the rest of the grid goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from benchmark.config import PRESETS, SCHEMES, SELECTIONS, get_preset
+from benchmark.data import DATASETS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ATTACKS = ("pgd20", "autoattack", "aa-lite")
+EXECUTORS = ("local", "pool", "submitit-local", "slurm")
+
+
+class SuiteError(ValueError):
+    """A suite file or option that cannot run; raised before anything runs."""
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    partition: str | None = None
+    time_min: int = 24 * 60
+    gpus_per_job: int = 1
+    cpus_per_job: int = 8
+    mem_gb: int = 32
+    array_parallelism: int = 32
+
+
+@dataclass(frozen=True)
+class Suite:
+    preset: str = "quick"
+    methods: tuple[str, ...] = ("all",)
+    datasets: tuple[str, ...] = ()  # empty: the preset's dataset
+    seeds: tuple[int, ...] = (0,)
+    schemes: tuple[str, ...] = SCHEMES
+    attacks: tuple[str, ...] = ("pgd20", "autoattack")
+    selection: str = "last"
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
+    executor: str = "local"
+    jobs: int = 1
+    slurm: SlurmOptions = SlurmOptions()
+
+    def resolved_methods(self) -> tuple[str, ...]:
+        from methods import list_methods
+
+        return tuple(list_methods()) if self.methods == ("all",) else self.methods
+
+    def resolved_datasets(self) -> tuple[str, ...]:
+        return self.datasets or (get_preset(self.preset).dataset,)
+
+
+def _choice(key: str, values: Sequence[str], valid: Sequence[str]) -> tuple[str, ...]:
+    for v in values:
+        if v not in valid:
+            close = difflib.get_close_matches(str(v), list(valid), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SuiteError(f"{key}: unknown value {v!r}{hint}; choose from {', '.join(valid)}")
+    return tuple(values)
+
+
+def _as_list(key: str, value: Any, kind: type) -> list:
+    if isinstance(value, str) and kind is str:
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, str) and kind is int:
+        try:
+            value = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise SuiteError(f"{key}: expected a list of integers, got {value!r}") from None
+    if isinstance(value, kind) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(
+        isinstance(v, kind) and not isinstance(v, bool) for v in value
+    ):
+        raise SuiteError(f"{key}: expected a non-empty list of {kind.__name__}, got {value!r}")
+    return value
+
+
+def build_suite(fields: dict[str, Any], where: str = "suite") -> Suite:
+    """Validate raw fields (from a suite file and/or the command line) into a :class:`Suite`."""
+    from methods import UnknownMethod, list_methods, method_class
+
+    known = {f.name for f in dataclasses.fields(Suite)}
+    for key in fields:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SuiteError(f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(known))}")
+    out: dict[str, Any] = {}
+    if "preset" in fields:
+        out["preset"] = _choice("preset", [fields["preset"]], list(PRESETS))[0]
+    if "methods" in fields:
+        methods = _as_list("methods", fields["methods"], str)
+        if methods != ["all"]:
+            for m in methods:
+                try:
+                    method_class(m)
+                except UnknownMethod as e:
+                    raise SuiteError(f"methods: {e}") from None
+        out["methods"] = tuple(methods)
+    if "datasets" in fields:
+        out["datasets"] = _choice("datasets", _as_list("datasets", fields["datasets"], str), DATASETS)
+    if "seeds" in fields:
+        seeds = _as_list("seeds", fields["seeds"], int)
+        if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise SuiteError(f"seeds: expected distinct non-negative integers, got {seeds}")
+        out["seeds"] = tuple(seeds)
+    if "schemes" in fields:
+        out["schemes"] = _choice("schemes", _as_list("schemes", fields["schemes"], str), SCHEMES)
+    if "attacks" in fields:
+        out["attacks"] = _choice("attacks", _as_list("attacks", fields["attacks"], str), ATTACKS)
+    if "selection" in fields:
+        out["selection"] = _choice("selection", [fields["selection"]], SELECTIONS)[0]
+    if "executor" in fields:
+        out["executor"] = _choice("executor", [fields["executor"]], EXECUTORS)[0]
+    if "jobs" in fields:
+        jobs = fields["jobs"]
+        if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+            raise SuiteError(f"jobs: expected a positive integer, got {jobs!r}")
+        out["jobs"] = jobs
+    if "slurm" in fields:
+        raw = fields["slurm"]
+        if not isinstance(raw, dict):
+            raise SuiteError("slurm: expected a table of options")
+        names = {f.name for f in dataclasses.fields(SlurmOptions)}
+        for k in raw:
+            if k not in names:
+                raise SuiteError(f"slurm: unknown key {k!r}; known keys: {', '.join(sorted(names))}")
+        out["slurm"] = SlurmOptions(**raw)
+    if "params" in fields:
+        raw = fields["params"]
+        if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+            raise SuiteError("params: expected tables [params.<method>] of parameter = value")
+        for m, p in raw.items():
+            if m not in list_methods():
+                raise SuiteError(f"params: unknown method {m!r}")
+            try:
+                method_class(m)(**p)
+            except (ValueError, TypeError) as e:
+                raise SuiteError(f"params.{m}: {e}") from None
+        out["params"] = {m: dict(p) for m, p in raw.items()}
+    return Suite(**out)
+
+
+def load_suite_file(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise SuiteError(f"suite file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SuiteError(f"suite file {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise SuiteError(f"cannot read suite file {path}: {e}") from None
+    return data
+
+
+# ---- jobs (top-level functions: picklable for process pools and submitit) ----------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    kind: str  # "pretrain" | "scheme"
+    method: str
+    dataset: str
+    seed: int
+    scheme: str | None = None
+
+    @property
+    def name(self) -> str:
+        tail = f"/{self.scheme}" if self.scheme else ""
+        return f"{self.kind} {self.method} {self.dataset} s{self.seed}{tail}"
+
+
+def run_job(opts, suite: Suite, job: Job, threads: int | None = None) -> dict[str, Any]:
+    """Run one job; never raises: returns {"ok": bool, ...} so a failure does not stop the grid."""
+    import torch
+
+    from benchmark.io import atomic_write_json
+    from benchmark.pipeline import (
+        evaluate_stage,
+        finetune_stage,
+        make_record,
+        pretrain_stage,
+        record_path,
+    )
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.time()
+    preset = get_preset(suite.preset)
+    params = suite.params.get(job.method, {})
+    try:
+        pre = pretrain_stage(opts, job.method, params, preset, job.dataset, job.seed)
+        if job.kind == "pretrain":
+            return {"ok": True, "job": job.name, "seconds": time.time() - t0, "key": pre}
+        attacks = tuple(dict.fromkeys(("clean", *suite.attacks)))
+        fin = finetune_stage(opts, pre, job.scheme, preset, job.dataset, job.seed, suite.selection)
+        ev = evaluate_stage(opts, fin, attacks, preset, job.dataset)
+        rec = make_record(opts, job.method, params, preset, job.dataset, job.seed, job.scheme,
+                          suite.selection, {"pretrain": pre, "finetune": fin, "evaluate": ev})
+        path = record_path(opts.results, rec)
+        atomic_write_json(path, rec)
+        return {"ok": True, "job": job.name, "seconds": time.time() - t0, "record": str(path)}
+    except Exception as e:  # reported, the grid goes on
+        return {"ok": False, "job": job.name, "seconds": time.time() - t0,
+                "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+
+
+def layers(suite: Suite) -> list[list[Job]]:
+    grid = [(m, d, s) for m in suite.resolved_methods() for d in suite.resolved_datasets() for s in suite.seeds]
+    return [
+        [Job("pretrain", m, d, s) for m, d, s in grid],
+        [Job("scheme", m, d, s, sc) for m, d, s in grid for sc in suite.schemes],
+    ]
+
+
+# ---- executors ------------------------------------------------------------------------------
+
+
+def _local(opts, suite, jobs, report):
+    for job in jobs:
+        report(run_job(opts, suite, job))
+
+
+def _pool(opts, suite, jobs, report):
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    threads = max(1, (os.cpu_count() or 1) // suite.jobs)
+    ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
+    with cf.ProcessPoolExecutor(max_workers=suite.jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(run_job, opts, suite, job, threads) for job in jobs]
+        for fut in cf.as_completed(futures):
+            report(fut.result())
+
+
+def _submitit(opts, suite, jobs, report, cluster: str):
+    import submitit
+
+    folder = Path(opts.results) / "runs" / "_submitit" / "%j"
+    ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    if cluster == "slurm":
+        s = suite.slurm
+        ex.update_parameters(
+            timeout_min=s.time_min, gpus_per_node=s.gpus_per_job, cpus_per_task=s.cpus_per_job,
+            mem_gb=s.mem_gb, slurm_array_parallelism=s.array_parallelism,
+            **({"slurm_partition": s.partition} if s.partition else {}),
+        )
+    else:
+        ex.update_parameters(timeout_min=suite.slurm.time_min)
+    n = len(jobs)
+    handles = ex.map_array(run_job, [opts] * n, [suite] * n, jobs)  # one job array per layer
+    for job, handle in zip(jobs, handles):
+        try:
+            result = handle.result()
+        except Exception as e:  # the job itself died (killed, out of memory, ...)
+            result = {"ok": False, "job": job.name, "error": f"{type(e).__name__}: {e}"}
+        if not result["ok"]:
+            result["log"] = str(handle.paths.stderr)
+        report(result)
+
+
+def run_suite(opts, suite: Suite, progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every missing stage of the suite's grid, then write the leaderboard. Returns a summary."""
+    t0 = time.time()
+    grid_layers = layers(suite)
+    total = sum(len(j) for j in grid_layers)
+    bar = tqdm(total=total, desc="suite", unit="job", disable=not progress, dynamic_ncols=True)
+    results: list[dict[str, Any]] = []
+    failed_pretrain: set[tuple[str, str, int]] = set()
+
+    def report(r: dict[str, Any]) -> None:
+        results.append(r)
+        bar.update(1)
+        status = "done" if r["ok"] else "FAILED"
+        line = f"{status:6s} {r['job']} ({r['seconds']:.1f}s)" if "seconds" in r else f"{status} {r['job']}"
+        if not r["ok"]:
+            line += f": {r['error']}" + (f" [log: {r['log']}]" if r.get("log") else "")
+        tqdm.write(line) if progress else echo(line)
+
+    for i, jobs in enumerate(grid_layers):
+        if i == 1:  # skip schemes whose pretraining failed
+            skipped = [j for j in jobs if (j.method, j.dataset, j.seed) in failed_pretrain]
+            for j in skipped:
+                report({"ok": False, "job": j.name, "seconds": 0.0, "error": "skipped: its pretraining failed"})
+            jobs = [j for j in jobs if (j.method, j.dataset, j.seed) not in failed_pretrain]
+        before = len(results)
+        if suite.executor == "local":
+            _local(opts, suite, jobs, report)
+        elif suite.executor == "pool":
+            _pool(opts, suite, jobs, report)
+        else:
+            _submitit(opts, suite, jobs, report, "slurm" if suite.executor == "slurm" else "local")
+        if i == 0:
+            names = {j.name: j for j in jobs}
+            for r in results[before:]:
+                if not r["ok"]:
+                    j = names[r["job"]]
+                    failed_pretrain.add((j.method, j.dataset, j.seed))
+    bar.close()
+    written = write_suite_leaderboard(opts.results, suite.preset)
+    failures = [r for r in results if not r["ok"]]
+    return {"seconds": time.time() - t0, "jobs": len(results), "failed": len(failures),
+            "failures": failures, "leaderboard": [str(p) for p in written]}
+
+
+def write_suite_leaderboard(results: Path, preset: str) -> list[Path]:
+    from benchmark.io import atomic_write_text
+    from benchmark.leaderboard import build_leaderboard, load_records, load_reported, render
+
+    records, _ = load_records(Path(results))
+    board = build_leaderboard(records, load_reported(Path(results)), preset=preset)
+    out = []
+    for fmt, name in (("md", "leaderboard.md"), ("csv", "leaderboard.csv")):
+        path = Path(results) / name
+        atomic_write_text(path, render(board, fmt))
+        out.append(path)
+    return out
