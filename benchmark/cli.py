@@ -369,7 +369,7 @@ def suite(suite_file, results, preset, methods, datasets, seeds, schemes, attack
         try:
             cli["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
         except ValueError:
-            raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds")
+            raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     fields.update({k: v for k, v in cli.items() if v is not None})
     slurm = dict(fields.get("slurm", {}))
     for k, v in (("partition", partition), ("time_min", time_min), ("gpus_per_job", gpus_per_job),
@@ -416,6 +416,10 @@ def status(results, as_json) -> None:
          for r in rows],
         headers=["stage", "key", "state", "seconds", "what"], tablefmt="github"))
 
+
+from benchmark.perf import perf as perf_command  # noqa: E402
+
+main.add_command(perf_command)
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
