@@ -183,13 +183,28 @@ def methods_cmd(as_json: bool) -> None:
 @user_errors
 def pretrain(method, params, results, preset, dataset, seed, data_dir, download, device, precision, force,
              quiet, as_json) -> None:
-    """Pretrain one method (skipped when the run store already has it)."""
+    """Pretrain one method (skipped when the run store already has it).
+
+    On several GPUs: torchrun --nproc_per_node=N -m benchmark.cli pretrain ... (the preset's batch
+    is the global batch; rank 0 writes the run).
+    """
+    from benchmark import distributed
     from benchmark.pipeline import pretrain_stage
 
     opts = make_options(results, data_dir, download, device, precision, force, quiet)
     params = parse_params(params)
-    dataset = check_inputs(method, params, preset, dataset, opts)
-    key = pretrain_stage(opts, method, params, get_preset(preset), dataset, seed)
+    if distributed.launched():  # torchrun: one run on several processes (benchmark/distributed.py)
+        distributed.init_from_env(device)
+        with distributed.main_first():  # rank 0 loads (or downloads) the data first
+            dataset = check_inputs(method, params, preset, dataset, opts)
+        key = distributed.pretrain_stage(opts, method, params, get_preset(preset), dataset, seed)
+        main_rank = distributed.is_main()
+        distributed.shutdown()
+        if not main_rank:
+            return
+    else:
+        dataset = check_inputs(method, params, preset, dataset, opts)
+        key = pretrain_stage(opts, method, params, get_preset(preset), dataset, seed)
     d = opts.store.dir("pretrain", key)
     info = {"stage": "pretrain", "key": key, "dir": str(d), "checkpoint": str(d / "encoder.pt"),
             **opts.store.done_info("pretrain", key)}
@@ -228,7 +243,7 @@ def _run(method, params, schemes, attacks, selection, results, preset, dataset, 
     opts = make_options(results, data_dir, download, device, precision, force, quiet)
     params = parse_params(params)
     schemes = split_list(schemes, SCHEMES, "scheme")
-    attacks = split_list(attacks, ("clean", "pgd20", "autoattack", "aa-lite"), "attack") if attacks else (
+    attacks = split_list(attacks, ("clean", "pgd20", "autoattack", "aa-lite"), "attack") if attacks is not None else (
         "clean", "pgd20", "autoattack")
     dataset = check_inputs(method, params, preset, dataset, opts)
     return run_method(opts, method, params, preset, dataset, seed, schemes, attacks, selection)

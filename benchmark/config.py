@@ -121,9 +121,9 @@ PRESETS: dict[str, Preset] = {
         pretrain_epochs=1, pretrain_batch_size=32, recipe_override=dict(QUICK_RECIPE, warmup_epochs=0),
         train_limit=128,
         finetune={
-            "slf": dict(epochs=1, batch_size=64, lr=0.1, milestones=()),
-            "alf": dict(epochs=1, batch_size=64, lr=0.1, milestones=(), attack_steps=2, attack_step=4 / 255),
-            "aff": dict(epochs=1, batch_size=64, lr=0.05, milestones=(), attack_steps=2, attack_step=4 / 255),
+            "slf": dict(epochs=2, batch_size=32, lr=0.5, milestones=()),
+            "alf": dict(epochs=2, batch_size=32, lr=0.5, milestones=(), attack_steps=2, attack_step=4 / 255),
+            "aff": dict(epochs=2, batch_size=32, lr=0.05, milestones=(), attack_steps=2, attack_step=4 / 255),
         },
         eval=EvalConfig(n_test=64, batch_size=64),
         description="seconds per stage, for tests",

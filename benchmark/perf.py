@@ -385,9 +385,9 @@ class PerfBench:
     """One method set up as the pretraining loop sets it up, with its harness and reference steps.
 
     ``harness_step()`` runs :meth:`Training.step` (the loop's body) on the next batch;
-    ``reference_step()`` runs the method family's plain torch step on the next batch
-    (``None`` when the method has no reference in :data:`REFERENCES`). Both share the model,
-    optimiser, schedule and precision.
+    ``reference_step()`` runs the method family's plain torch step on the next batch and returns
+    its loss (``reference`` is None when the method has no entry in :data:`REFERENCES`). Both
+    share the model, optimiser, schedule and precision. ``params`` override the method's.
     """
 
     def __init__(
@@ -399,16 +399,18 @@ class PerfBench:
         device: str | torch.device | None = None,
         precision: str = "fp32",
         seed: int = 0,
+        params: dict[str, Any] | None = None,
     ):
         p = get_preset(preset)
         self.device = resolve_device(device)
-        m = get_method(method, dataset=p.dataset)
+        params = dict(params or {})
+        m = get_method(method, dataset=p.dataset, **params)
         recipe = p.recipe(m.paper_recipe(p.dataset))
         self.batch_size = batch_size or recipe.batch_size
         n = 2 * self.batch_size  # two steps per epoch: the loop's slicing of a permutation
         data = _random_data(p.dataset, p.image_size or NATIVE_SIZE[p.dataset], n, seed)
         cfg = PretrainConfig(
-            method=method, method_params={}, dataset=p.dataset, image_size=data.image_size,
+            method=method, method_params=params, dataset=p.dataset, image_size=data.image_size,
             backbone=backbone or p.backbone, seed=seed, recipe=recipe.replace(batch_size=self.batch_size),
             precision=precision,
         )
@@ -497,9 +499,10 @@ def time_harness_step(
     device: str | torch.device | None = None,
     precision: str = "fp32",
     warmup: int = 2,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Median seconds and images/s of the harness step over ``steps`` steps after ``warmup``."""
-    bench = PerfBench(method_name, preset, backbone, batch_size, device, precision)
+    bench = PerfBench(method_name, preset, backbone, batch_size, device, precision, params=params)
     for _ in range(warmup):
         bench.harness_step()
     times = [_timed(bench.harness_step, bench.device) for _ in range(steps)]
@@ -516,6 +519,7 @@ def perf_report(
     device: str | torch.device | None = None,
     precision: str = "fp32",
     warmup: int = 2,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Harness vs reference throughput, forward-equivalents, attack steps and peak memory.
 
@@ -527,7 +531,7 @@ def perf_report(
     """
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
-    bench = PerfBench(method_name, preset, backbone, batch_size, device, precision)
+    bench = PerfBench(method_name, preset, backbone, batch_size, device, precision, params=params)
     has_ref = bench.reference is not None
     for _ in range(warmup):
         bench.harness_step()

@@ -22,7 +22,7 @@ import torch
 from benchmark.config import Preset, get_preset, recipe_deviations
 from benchmark.data import Dataset, load_dataset
 from benchmark.evaluate import evaluate_classifier
-from benchmark.finetune import CLASSIFIER, load_classifier, run_finetune
+from benchmark.finetune import CLASSIFIER, load_classifier, load_encoder, run_finetune
 from benchmark.io import atomic_write_json
 from benchmark.pretrain import ENCODER, PretrainConfig, resolve_precision, run_pretrain
 from benchmark.store import RunStore, stage_key
@@ -126,6 +126,7 @@ def finetune_stage(
     if store.is_done("finetune", key) and not opts.force:
         return key
     data = dataset_for(opts, preset, dataset)
+    load_encoder(store.dir("pretrain", pretrain_key) / ENCODER)  # a bad input fails before anything is written
     with store.running("finetune", key):
         if store.is_done("finetune", key) and not opts.force:
             return key
@@ -148,6 +149,7 @@ def evaluate_stage(
     if store.is_done("evaluate", key) and not opts.force:
         return key
     data = dataset_for(opts, preset, dataset)
+    load_classifier(store.dir("finetune", finetune_key) / CLASSIFIER)  # a bad input fails before anything is written
     with store.running("evaluate", key):
         if store.is_done("evaluate", key) and not opts.force:
             return key

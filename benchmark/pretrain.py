@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from benchmark import distributed
 from benchmark.data import Dataset
 from benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
 from benchmark.models import BackboneConfig, ContrastiveModel
@@ -111,6 +112,8 @@ class Training:
     epochs: int
     precision: str  # resolved: "fp32" | "bf16"
     extras: dict[str, Any]
+    world: int = 1  # processes of a torchrun job (benchmark.distributed); batch_size is the global batch
+    rank: int = 0
 
     def __post_init__(self) -> None:
         self.autocast = (
@@ -119,7 +122,14 @@ class Training:
         )
 
     def step(self, idx: torch.Tensor, epoch: int, i: int, log: EpochLog) -> None:
-        """Step ``i`` of ``epoch`` on the images ``idx``: the method's loss, backward, update, schedule."""
+        """Step ``i`` of ``epoch`` on the images ``idx``: the method's loss, backward, update, schedule.
+
+        Under torchrun ``idx`` is the global batch (the same on every rank): this rank takes its
+        contiguous slice, and gradients are averaged over ranks after the backward.
+        """
+        if self.world > 1:
+            b = idx.shape[0] // self.world
+            idx = idx[self.rank * b : (self.rank + 1) * b]
         batch = Batch(
             images=self.images[idx].float().div_(255), indices=idx, epoch=epoch, epochs=self.epochs,
             step=(epoch - 1) * self.steps_per_epoch + i, extras=self.extras,
@@ -128,6 +138,8 @@ class Training:
             loss, step_logs = self.method.training_step(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world > 1:
+            distributed.average_gradients(self.model.parameters())
         self.optimizer.step()
         self.scheduler.step()
         log.add(i, loss, step_logs)
@@ -152,6 +164,12 @@ def build_training(
     model = method.build_model(backbone).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    world, rank = distributed.world_size(), distributed.rank()
+    if world > 1:  # torchrun: SyncBN on every BN branch, identical replicas
+        if batch_size % world:
+            raise ValueError(f"the global batch {batch_size} does not split over {world} processes")
+        model = distributed.convert_sync_batchnorm(model)
+        distributed.broadcast_module(model)
     optimizer = build_optimizer(
         model.parameters(), recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
         weight_decay=recipe.weight_decay, **dict(recipe.optimizer_options),
@@ -163,10 +181,12 @@ def build_training(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     images = images.to(device)
     method.setup(data.image_size, device, {**extras, "n_images": n})  # n: to check per-image inputs
+    if world > 1:  # same model everywhere, a different augmentation / attack stream per rank
+        torch.manual_seed(cfg.seed + 1_000_003 * rank)
     return Training(
         method=method, model=model, optimizer=optimizer, scheduler=scheduler, images=images,
         batch_size=batch_size, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-        epochs=recipe.epochs, precision=precision, extras=extras,
+        epochs=recipe.epochs, precision=precision, extras=extras, world=world, rank=rank,
     )
 
 
@@ -182,9 +202,12 @@ def run_pretrain(
     """Pretrain ``cfg.method`` on ``data.pretrain_x``; writes ``encoder.pt`` in ``out_dir``.
 
     Resumes from ``out_dir/last.pt`` when present. Returns a summary (time, final loss, ...).
+    Under torchrun every rank calls this; only rank 0 writes (and shows progress).
     """
     extras = extras or {}
     tr = build_training(cfg, data, device, extras)
+    main = tr.rank == 0
+    progress = progress and main
     method, model, optimizer, scheduler = tr.method, tr.model, tr.optimizer, tr.scheduler
     recipe, precision, n = cfg.recipe, tr.precision, tr.images.shape[0]
     batch_size, steps_per_epoch, total_steps = tr.batch_size, tr.steps_per_epoch, tr.total_steps
@@ -197,7 +220,13 @@ def run_pretrain(
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         method.load_state_dict(ck["method_state"])
-        _set_rng_state(ck["rng"])
+        rng_ranks = ck.get("rng_ranks")
+        if tr.world == 1:
+            _set_rng_state(ck["rng"])
+        elif rng_ranks is not None and len(rng_ranks) == tr.world:
+            _set_rng_state(rng_ranks[tr.rank])
+        else:  # resumed on another number of processes: a fresh stream per rank
+            torch.manual_seed(cfg.seed + 1_000_003 * tr.rank + 7919 * ck["epoch"])
         start_epoch, history, elapsed = ck["epoch"] + 1, ck["history"], ck["elapsed"]
 
     bar = tqdm(
@@ -214,6 +243,10 @@ def run_pretrain(
         for i in range(steps_per_epoch):
             tr.step(perm[i * batch_size : (i + 1) * batch_size], epoch, i, log)
             bar.update(1)
+        if tr.world > 1:  # the global batch's values (mean over equal shards); replicas kept identical
+            log.losses = distributed.reduce_mean(log.losses)
+            log.sums = {k: distributed.reduce_mean(v) for k, v in log.sums.items()}
+            distributed.broadcast_module(model)
         # one host sync per epoch: the numerical guard and the logs
         values = log.losses.cpu()
         bad = (~torch.isfinite(values)).nonzero()
@@ -234,25 +267,28 @@ def run_pretrain(
         }
         history.append(entry)
         bar.set_postfix(epoch=epoch, loss=f"{entry['loss']:.4f}")
-        save_checkpoint(
-            last, "pretrain-state",
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "scheduler": scheduler.state_dict(), "method_state": method.state_dict(),
-             "rng": _rng_state(), "epoch": epoch, "history": history, "elapsed": elapsed},
-        )
+        ranks = {"rng_ranks": distributed.all_gather_object(_rng_state())} if tr.world > 1 else {}
+        if main:
+            save_checkpoint(
+                last, "pretrain-state",
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "method_state": method.state_dict(),
+                 "rng": _rng_state(), "epoch": epoch, "history": history, "elapsed": elapsed, **ranks},
+            )
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     bar.close()
 
     final_loss = history[-1]["loss"] if history else math.nan
-    save_checkpoint(
-        out_dir / ENCODER, "encoder",
-        {"method": cfg.method, "method_params": method.describe()["params"],
-         "backbone": model.encoder.config.to_dict(), "branches": list(method.branches),
-         "finetune_branch": method.finetune_branch, "config": cfg.to_dict(),
-         "state_dict": model.state_dict()},
-    )
-    atomic_write_json(out_dir / "history.json", history)
+    if main:
+        save_checkpoint(
+            out_dir / ENCODER, "encoder",
+            {"method": cfg.method, "method_params": method.describe()["params"],
+             "backbone": model.encoder.config.to_dict(), "branches": list(method.branches),
+             "finetune_branch": method.finetune_branch, "config": cfg.to_dict(),
+             "state_dict": model.state_dict()},
+        )
+        atomic_write_json(out_dir / "history.json", history)
     return {"seconds": elapsed, "final_loss": final_loss, "epochs": recipe.epochs,
             "steps": total_steps, "batch_size": batch_size, "precision": precision,
-            "n_images": n}
+            "n_images": n, **({"world_size": tr.world} if tr.world > 1 else {})}

@@ -49,8 +49,9 @@ class ACL(Method):
         self.views = SimCLRViews(image_size, scale=(0.1, 1.0), interpolation="bicubic").to(device)
 
     def contrast(self, z: torch.Tensor, n: int) -> torch.Tensor:
-        """The contrastive term on a [2n, D] stack of two views' embeddings."""
-        return info_nce(z.view(2, n, -1), self.params.temperature)
+        """The contrastive term on a [2n, D] stack of two views' embeddings (global negatives,
+        in the attack too, under torchrun)."""
+        return info_nce(self.gather(z.view(2, n, -1)), self.params.temperature)
 
     def adversarial_views(self, model: ContrastiveModel, t: torch.Tensor, n: int) -> torch.Tensor:
         p = self.params

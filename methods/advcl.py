@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks import contrastive_pgd, eval_mode
+from benchmark import distributed
 from benchmark.augment import CropFlip, SimCLRViews
 from benchmark.models import ContrastiveModel, MLPHead
 from methods import register_method
@@ -294,11 +295,12 @@ class AdvCL(Method):
         n = x_org.shape[0]
         with self._aux_mode(model):
             with torch.no_grad():  # independent of the perturbation: once per step
-                z_clean = torch.stack([model(v, "normal") for v in clean.split(n)])
+                # global negatives under torchrun (Method.gather), in the attack as in the loss
+                z_clean = self.gather(torch.stack([model(v, "normal") for v in clean.split(n)]))
 
             def objective(adv: list[torch.Tensor]) -> torch.Tensor:
                 x_cl, x_ce = adv
-                contrast = info_nce(torch.cat([model(x_cl, "pgd")[None], z_clean]), p.temperature)
+                contrast = info_nce(torch.cat([self.gather(model(x_cl, "pgd")[None]), z_clean]), p.temperature)
                 return contrast + p.ce_weight * self.pseudo_label_loss(model, x_ce, y)
 
             x_cl, x_ce = contrastive_pgd(objective, [x_org, x_org], p.eps, p.attack_step, p.attack_steps)
@@ -324,8 +326,8 @@ class AdvCL(Method):
         lam, logs = self.inferior_positive_weight(model, x_org, x_cl, batch)
         # separate calls: each view is normalised with its own batch statistics, as released
         z = torch.stack([model(x_cl, "pgd"), model(t1, "normal"), model(t2, "normal"), model(x_hfc, "normal")])
-        contrast = self.contrast(z, lam)
-        ce = self.pseudo_label_loss(model, x_ce, y)
+        contrast = self.contrast(self.gather(z), lam)
+        ce = self.pseudo_label_loss(model, x_ce, y)  # per process: the mean over ranks is the global mean
         loss = contrast + p.ce_weight * ce
         return loss, {"loss": loss.detach(), "contrast": contrast.detach(), "ce": ce.detach(), **logs}
 
@@ -379,8 +381,8 @@ class _AdvCLAInfoNCE(AdvCL):
             return self.params.ip, {}
         with self._aux_mode(model), torch.no_grad():
             d_t = (model.features(x_org, "normal") - model.features(x_cl, "normal")).norm(dim=1).mean()
-        d_t = float(d_t)  # one host sync per step: a_info_nce takes lam as a number
-        lam = self.adaptive(d_t, x_org.shape[0], batch.epoch)
+        d_t = float(distributed.reduce_mean(d_t))  # one host sync per step: a_info_nce takes lam as a number
+        lam = self.adaptive(d_t, x_org.shape[0] * distributed.world_size(), batch.epoch)
         return lam, {"lam": lam, "d_t": d_t}
 
     def on_epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:

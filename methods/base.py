@@ -8,12 +8,14 @@ and logging live once in :mod:`benchmark.pretrain`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from benchmark import distributed
 from benchmark.models import BackboneConfig, ContrastiveModel, ResNet
 
 
@@ -70,6 +72,31 @@ class Batch:
     extras: dict[str, Any] = field(default_factory=dict)  # stage inputs, e.g. pseudo-labels
 
 
+_SIMPLE_TYPES = {"None", "bool", "int", "float", "str"}
+
+
+def _checked_param(method: str, f: dataclasses.Field, value: Any) -> Any:
+    """``value`` if it fits parameter ``f``'s annotation (int for float is fine), else ValueError."""
+    ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    allowed = {a.strip() for a in ann.split("|")}
+    if not allowed <= _SIMPLE_TYPES:
+        return value  # an annotation this check does not know: left to validate()
+    if isinstance(value, float) and "float" in allowed and not math.isfinite(value):
+        raise ValueError(f"method {method!r}: parameter {f.name!r} must be finite, got {value!r}")
+    ok = (
+        (value is None and "None" in allowed)
+        or (isinstance(value, bool) and "bool" in allowed)
+        or (isinstance(value, int) and not isinstance(value, bool) and allowed & {"int", "float"})
+        or (isinstance(value, float) and "float" in allowed)
+        or (isinstance(value, str) and "str" in allowed)
+    )
+    if not ok:
+        raise ValueError(
+            f"method {method!r}: parameter {f.name!r} must be {' or '.join(sorted(allowed))}, got {value!r}"
+        )
+    return value
+
+
 class Method:
     """Base class of a pretraining method.
 
@@ -100,6 +127,8 @@ class Method:
                 f"method {self.name!r} has no parameter {unknown[0]!r}; its parameters: "
                 + ", ".join(sorted(fields))
             )
+        by_name = {f.name: f for f in dataclasses.fields(self.Params)}
+        overrides = {k: _checked_param(self.name, by_name[k], v) for k, v in overrides.items()}
         self.dataset = dataset
         self.params = self.Params(**{**defaults, **overrides})
         self.validate()
@@ -164,6 +193,15 @@ class Method:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """One step: make views (and adversarial views), return (loss, logs). No backward."""
         raise NotImplementedError
+
+    def gather(self, z: torch.Tensor) -> torch.Tensor:
+        """The global batch's embeddings: [V, B_local, D] -> [V, B_global, D], gradient-carrying.
+
+        Under torchrun (:mod:`benchmark.distributed`) a method calls this on the stack it hands
+        to the contrastive loss, and in attack objectives whose negatives are global (ACL, AdvCL;
+        RoCL attacks with per-GPU negatives). In one process it returns ``z`` itself.
+        """
+        return distributed.gather_views(z)
 
     def state_dict(self) -> dict[str, Any]:
         """Method state that must survive a resume (e.g. running means)."""

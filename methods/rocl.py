@@ -85,7 +85,8 @@ class RoCL(Method):
         n = x.shape[0]
         t1, t2 = self.views(x), self.views(x)
         adv = self.adversarial_view(model, t1, t2)
-        z = model(torch.cat([t1, t2, adv]), "normal").view(3, n, -1)
+        # the loss's negatives are global under torchrun; the attack's stay per GPU (as released)
+        z = self.gather(model(torch.cat([t1, t2, adv]), "normal").view(3, n, -1))
         contrast = self.contrast(z)
         reg = info_nce(torch.stack([z[ADV], z[1]]), self.params.temperature)
         loss = contrast + self.params.reg_weight * reg

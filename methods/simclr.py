@@ -49,5 +49,5 @@ class SimCLR(Method):
         x = batch.images
         t = torch.cat([self.views(x), self.views(x)])
         z = model(t, "normal").view(2, x.shape[0], -1)
-        loss = info_nce(z, self.params.temperature)
+        loss = info_nce(self.gather(z), self.params.temperature)
         return loss, {"loss": loss.detach()}

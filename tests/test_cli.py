@@ -1,0 +1,300 @@
+"""The ``acbench`` command line end to end on the ``smoke`` preset, in temporary results folders.
+
+AutoAttack on a barely trained smoke model is slow (a point that no attack can flip costs AutoAttack
+its full budget, ~20 s on a CPU), so the CLI runs use ``--attacks pgd20``; AutoAttack's agreement
+with ``pyautoattack`` called directly is checked on a few test images at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import methods
+from attacks import get_attack
+from benchmark import load_classifier
+from benchmark.cli import main
+from benchmark.config import EPS, PRESETS
+from benchmark.pipeline import RunOptions, dataset_for
+
+ROOT = Path(__file__).parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+SMOKE = ["--preset", "smoke", "--quiet"]
+ALL_METHODS = {"simclr", "acl", "rocl", "rocl-ip", "rocl-hn", "rocl-iphn", "advcl", "advcl-ip", "advcl-hn",
+               "advcl-iphn"}
+RUN = ["run", "--method", "simclr", *SMOKE, "--attacks", "pgd20", "--json"]
+
+
+def invoke(*args):
+    r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return r
+
+
+@contextlib.contextmanager
+def working_dir(path: Path):
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def stage_files(results: Path) -> dict[str, int]:
+    """mtimes of every stage's done.json and checkpoints: a re-run that redoes a stage changes one."""
+    return {str(p.relative_to(results)): p.stat().st_mtime_ns
+            for pattern in ("runs/*/*/done.json", "runs/*/*/*.pt") for p in results.glob(pattern)}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """`acbench run --method simclr --preset smoke --attacks pgd20 --json`, from an empty working directory."""
+    base = tmp_path_factory.mktemp("cli")
+    results, cwd = base / "results", base / "cwd"
+    cwd.mkdir()
+    with working_dir(cwd):
+        r = invoke(*RUN, "--results", results)
+    assert list(cwd.iterdir()) == [], "something was written outside --results"
+    return results, json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def smoke_data():
+    return dataset_for(RunOptions(), PRESETS["smoke"], "digits")
+
+
+# ---- methods ------------------------------------------------------------------------------------
+
+
+def test_methods_lists_every_method():
+    out = invoke("methods").stdout
+    names = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert ALL_METHODS <= names
+
+
+def test_methods_json_has_paper_recipes():
+    described = json.loads(invoke("methods", "--json").stdout)
+    by_name = {d["name"]: d for d in described}
+    assert ALL_METHODS <= set(by_name)
+    for name in ALL_METHODS:
+        d = by_name[name]
+        recipe = d["paper_recipe"]
+        assert recipe["epochs"] >= 1 and recipe["batch_size"] >= 2 and recipe["lr"] > 0
+        assert recipe["optimizer"] in ("sgd", "lars", "adam")
+        assert isinstance(d["params"], dict) and d["paper"] and d["summary"]
+
+
+# ---- run: records, checkpoint, re-run ------------------------------------------------------------
+
+
+def test_run_writes_three_records_with_the_protocol_schema(smoke_run):
+    results, printed = smoke_run
+    assert sorted(r["scheme"] for r in printed) == ["aff", "alf", "slf"]
+    for rec in printed:
+        path = results / "records" / "smoke" / "digits-digits" / "simclr" / f"seed0_{rec['scheme']}.json"
+        assert json.loads(path.read_text()) == rec
+        assert rec["schema"] == "acbench.record/1"
+        assert (rec["method"], rec["dataset"], rec["finetune_dataset"], rec["preset"]) == (
+            "simclr", "digits", "digits", "smoke")
+        assert rec["seed"] == 0 and rec["selection"] == "last" and rec["backbone"] == "resnet10-tiny"
+        assert rec["method_params"] == {"temperature": 0.5, "crop_scale_min": 0.08}
+        m = rec["metrics"]
+        assert {"clean", "pgd20", "autoattack"} <= set(m)
+        for k in ("clean", "pgd20"):
+            assert isinstance(m[k], float) and 0 <= m[k] <= 100
+        assert m["autoattack"] is None  # not run: null, never a string
+        assert m["pgd20"] <= m["clean"] or any(f.startswith("invariant") for f in rec["flags"])
+        assert rec["n_test"] == PRESETS["smoke"].eval.n_test
+        assert rec["threat_model"] == "Linf" and rec["eps"] == pytest.approx(EPS, abs=1e-7)
+        assert isinstance(rec["flags"], list)
+        assert set(rec["stages"]) >= {"pretrain", "finetune"}
+        assert rec["checkpoint"] == f"runs/finetune/{rec['stages']['finetune']}/classifier.pt"
+        assert not Path(rec["checkpoint"]).is_absolute()
+        cost = rec["cost"]
+        assert all(isinstance(cost[k], (int, float)) for k in ("pretrain_s", "finetune_s", "eval_s"))
+        assert cost["device"] == "cpu" or cost["device"] == "cuda"
+        assert {"acbench", "torch", "pyautoattack"} <= set(rec["versions"])
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", rec["created"])
+
+
+def test_record_checkpoint_opens_with_load_classifier(smoke_run, smoke_data):
+    results, printed = smoke_run
+    n = PRESETS["smoke"].eval.n_test
+    x = smoke_data.test_x[:n].float() / 255
+    y = smoke_data.test_y[:n]
+    for rec in printed:
+        model = load_classifier(results / rec["checkpoint"])
+        assert isinstance(model, torch.nn.Module) and not model.training
+        assert all(not m.training for m in model.modules())
+        with torch.no_grad():
+            logits = model(x)
+        assert logits.shape == (n, smoke_data.num_classes) and logits.dtype == torch.float32
+        # the record's clean accuracy is what the checkpoint gives on the first n test images
+        acc = round(100.0 * (logits.argmax(1) == y).sum().item() / n, 4)
+        assert acc == rec["metrics"]["clean"]
+
+
+def test_rerun_is_a_noop_with_identical_metrics(smoke_run):
+    results, printed = smoke_run
+    before = stage_files(results)
+    dirs = sorted(p.name for p in (results / "runs").glob("*/*"))
+    again = json.loads(invoke(*RUN, "--results", results).stdout)
+    assert stage_files(results) == before, "a stage was re-run"
+    assert sorted(p.name for p in (results / "runs").glob("*/*")) == dirs
+    assert [r["metrics"] for r in again] == [r["metrics"] for r in printed]
+    assert [r["stages"] for r in again] == [r["stages"] for r in printed]
+
+
+def test_leaderboard_renders_the_method(smoke_run):
+    results, _ = smoke_run
+    md = invoke("leaderboard", "--results", results).stdout
+    assert "simclr" in md and "|" in md
+    rows = [line for line in md.splitlines() if line.startswith("|") and "simclr" in line]
+    assert rows
+    as_json = json.loads(invoke("leaderboard", "--results", results, "--format", "json").stdout)
+    assert "simclr" in json.dumps(as_json)
+    assert "simclr" in invoke("leaderboard", "--results", results, "--format", "csv").stdout
+
+
+# ---- the stage commands one by one ---------------------------------------------------------------
+
+
+def test_pretrain_finetune_evaluate_commands(tmp_path):
+    results = tmp_path / "results"
+    info = json.loads(invoke("pretrain", "--method", "simclr", *SMOKE, "--json", "--results", results).stdout)
+    assert info["stage"] == "pretrain" and Path(info["checkpoint"]).is_file()
+    pre_done = Path(info["dir"]) / "done.json"
+    mtime = pre_done.stat().st_mtime_ns
+
+    out = json.loads(invoke("finetune", "--method", "simclr", *SMOKE, "--schemes", "slf", "--json",
+                            "--results", results).stdout)
+    assert [o["scheme"] for o in out] == ["slf"] and Path(out[0]["checkpoint"]).is_file()
+    assert pre_done.stat().st_mtime_ns == mtime, "finetune re-ran pretraining"
+    assert not load_classifier(out[0]["checkpoint"]).training
+
+    recs = json.loads(invoke("evaluate", "--method", "simclr", *SMOKE, "--schemes", "slf", "--attacks", "pgd20",
+                             "--json", "--results", results).stdout)
+    assert len(recs) == 1 and recs[0]["scheme"] == "slf"
+    assert recs[0]["metrics"]["autoattack"] is None and isinstance(recs[0]["metrics"]["pgd20"], float)
+    assert results / recs[0]["checkpoint"] == Path(out[0]["checkpoint"])
+    assert len(list((results / "records").rglob("*.json"))) == 1
+    assert pre_done.stat().st_mtime_ns == mtime
+
+
+# ---- plugins -------------------------------------------------------------------------------------
+
+PLUGIN = '''
+from methods import register_method
+from methods.simclr import SimCLR
+
+
+@register_method("{name}")
+class Mine(SimCLR):
+    summary = "a user's SimCLR variant, loaded with --plugin"
+'''
+
+
+def test_plugin_module_registers_a_method(tmp_path):
+    (tmp_path / "acb_test_plugin_cli.py").write_text(PLUGIN.format(name="my-simclr"))
+    out = subprocess.run([sys.executable, "-m", "benchmark.cli", "--plugin", "acb_test_plugin_cli", "methods"],
+                         env={**ENV, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.startswith("my-simclr"))
+    assert "loaded with --plugin" in line
+    assert ALL_METHODS <= {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+
+
+def test_plugin_method_runs_in_process(tmp_path, monkeypatch):
+    (tmp_path / "acb_test_plugin_inproc.py").write_text(PLUGIN.format(name="my-simclr-inproc"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        described = json.loads(invoke("--plugin", "acb_test_plugin_inproc", "methods", "--json").stdout)
+        mine = next(d for d in described if d["name"] == "my-simclr-inproc")
+        assert mine["paper_recipe"]["epochs"] >= 1
+        info = json.loads(invoke("--plugin", "acb_test_plugin_inproc", "pretrain", "--method", "my-simclr-inproc",
+                                 *SMOKE, "--json", "--results", tmp_path / "results").stdout)
+        assert Path(info["checkpoint"]).is_file()
+    finally:
+        methods._REGISTRY.pop("my-simclr-inproc", None)
+        sys.modules.pop("acb_test_plugin_inproc", None)
+
+
+# ---- AutoAttack through acbench == pyautoattack called directly ----------------------------------
+
+
+def _cheap_prefix(model, x, y) -> int | None:
+    """The largest n such that the first n images hold a correctly classified image and APGD-CE
+    (AutoAttack's first attack, same settings) flips every correctly classified one: AutoAttack then
+    takes about a second, while a point that no attack flips costs it its full budget (~20 s on a CPU)."""
+    from pyautoattack.autopgd_base import APGDAttack
+
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    x_adv = APGDAttack(model, n_restarts=1, n_iter=100, eps=8 / 255, norm="Linf", seed=0, device="cpu").perturb(x, y)
+    with torch.no_grad():
+        survives = correct & (model(x_adv).argmax(1) == y)
+    best = None
+    for n in range(1, len(x) + 1):
+        if survives[:n].any():
+            break
+        if correct[:n].any():
+            best = n
+    return best
+
+
+def test_autoattack_equals_pyautoattack(smoke_run, smoke_data):
+    """``get_attack("autoattack", seed=0)`` == ``pyautoattack.AutoAttack(..., version="standard", seed=0)``
+    on the first n test images of a smoke classifier, loaded with ``load_classifier``.
+
+    The smoke classifiers are close to constant (a point they get right no attack can flip), so the
+    first candidate is the smoke encoder with a longer SLF finetuning; n is chosen so that the run
+    is cheap but attacks at least one correctly classified image."""
+    from pyautoattack import AutoAttack
+
+    from benchmark.pipeline import finetune_stage
+
+    results, printed = smoke_run
+    smoke = PRESETS["smoke"]
+    longer = dataclasses.replace(
+        smoke, finetune={**smoke.finetune, "slf": dict(epochs=20, batch_size=32, lr=2.0, milestones=())})
+    opts = RunOptions(results=results, progress=False)
+    key = finetune_stage(opts, printed[0]["stages"]["pretrain"], "slf", longer, "digits", 0)
+    candidates = [opts.store.dir("finetune", key) / "classifier.pt"] + [results / r["checkpoint"] for r in printed]
+    x_all = smoke_data.test_x[:32].float() / 255
+    y_all = smoke_data.test_y[:32]
+    chosen = None
+    for path in candidates:
+        model = load_classifier(path)
+        n = _cheap_prefix(model, x_all, y_all)
+        if n is not None:
+            chosen = (model, n)
+            break
+    if chosen is None:  # no cheap prefix: pay for one point that survives APGD-CE
+        model = load_classifier(candidates[0])
+        with torch.no_grad():
+            correct = (model(x_all).argmax(1) == y_all).nonzero().flatten().tolist()
+        assert correct, "the classifier gets none of the first 32 test images right"
+        chosen = (model, correct[0] + 1)
+    model, n = chosen
+    x, y = x_all[:n], y_all[:n]
+
+    ours = get_attack("autoattack", seed=0)(model, x, y)
+    ref, _ = AutoAttack(model, norm="Linf", eps=8 / 255, version="standard", seed=0).run_standard_evaluation(x, y)
+    with torch.no_grad():
+        acc_ours = (model(ours).argmax(1) == y).float().mean().item()
+        acc_ref = (model(ref).argmax(1) == y).float().mean().item()
+    assert acc_ours == acc_ref
+    assert torch.equal(ours, ref)
+    assert (ours - x).abs().max() <= 8 / 255 + 1e-6 and ours.min() >= 0 and ours.max() <= 1
