@@ -215,9 +215,11 @@ class _AllGather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n]
+        # summed in (at least) float32: bf16 embeddings under autocast keep their gradients' precision
+        total = grad.to(torch.promote_types(grad.dtype, torch.float32), memory_format=torch.contiguous_format)
+        total = total.clone() if total is grad else total
+        dist.all_reduce(total)
+        return total[ctx.rank * ctx.n : (ctx.rank + 1) * ctx.n].to(grad.dtype)
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,11 @@ times two steps on the same model, data and precision, interleaved:
 Reported per method (:func:`perf_report`):
 
 * ``harness_images_per_s``, ``reference_images_per_s``: batch size / median step time over
-  ``steps`` steps after ``warmup`` steps; ``ratio`` = harness / reference (1.0: no overhead).
-  Steps are timed one by one (``torch.cuda.synchronize`` before and after on CUDA).
+  ``steps`` steps after ``warmup`` steps. Steps are timed one by one
+  (``torch.cuda.synchronize`` before and after on CUDA), harness and reference alternating.
+  ``ratio``: harness speed / reference speed (1.0: no overhead), the median over the pairs of
+  adjacent steps of reference time / harness time, so that a busy patch of a shared machine,
+  which slows both steps of a pair, cancels out.
 * ``forward_equivalents_per_image``: the FLOPs of one harness step (matmuls and convolutions,
   counted by :class:`torch.utils.flop_counter.FlopCounterMode`, forward and backward, attack
   included; augmentation and loss matmuls included, < 1% at the paper scale) divided by
@@ -352,12 +355,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _timed(step: Step, device: torch.device) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _timed(step: Step, device: torch.device, clock: str = "wall") -> float:
+    now = CLOCKS[clock]
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = now()
     step()
     _sync(device)
-    return time.perf_counter() - t0
+    return now() - t0
 
 
 def _random_data(dataset: str, image_size: int, n: int, seed: int) -> Dataset:
@@ -500,12 +507,17 @@ def time_harness_step(
     precision: str = "fp32",
     warmup: int = 2,
     params: dict[str, Any] | None = None,
+    clock: str = "wall",
 ) -> dict[str, Any]:
     """Median seconds and images/s of the harness step over ``steps`` steps after ``warmup``."""
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
     bench = PerfBench(method_name, preset, backbone, batch_size, device, precision, params=params)
+    if clock == "cpu" and bench.device.type != "cpu":
+        raise ValueError("--clock cpu measures CPU work: use it with --device cpu")
     for _ in range(warmup):
         bench.harness_step()
-    times = [_timed(bench.harness_step, bench.device) for _ in range(steps)]
+    times = [_timed(bench.harness_step, bench.device, clock) for _ in range(steps)]
     seconds = statistics.median(times)
     return {"seconds": seconds, "images_per_s": bench.batch_size / seconds, "times": times}
 
@@ -520,18 +532,23 @@ def perf_report(
     precision: str = "fp32",
     warmup: int = 2,
     params: dict[str, Any] | None = None,
+    clock: str = "wall",
 ) -> dict[str, Any]:
     """Harness vs reference throughput, forward-equivalents, attack steps and peak memory.
 
-    Harness and reference steps alternate (H R, R H, ...) so that a slow patch of a shared
-    machine hits both; each rate is the median over ``steps`` steps. Keys: :data:`KEYS` plus
-    ``passes_per_image``, ``reference_passes_per_image``, ``device``, ``precision``,
-    ``backbone``, ``batch_size``, ``steps``, ``preset``, ``peak_memory_kind``.
+    Harness and reference steps alternate (H R, R H, ...); each rate is the median over
+    ``steps`` steps and ``ratio`` the median of the pairs' time ratios (module docstring).
+    Keys: :data:`KEYS` plus ``passes_per_image``, ``reference_passes_per_image``, ``device``,
+    ``precision``, ``backbone``, ``batch_size``, ``steps``, ``preset``, ``peak_memory_kind``.
     ``reference_images_per_s`` and ``ratio`` are None for a method without a reference step.
     """
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
     bench = PerfBench(method_name, preset, backbone, batch_size, device, precision, params=params)
+    if clock == "cpu" and bench.device.type != "cpu":
+        raise ValueError("--clock cpu measures CPU work: use it with --device cpu")
     has_ref = bench.reference is not None
     for _ in range(warmup):
         bench.harness_step()
@@ -540,12 +557,14 @@ def perf_report(
     harness, reference = [], []
     for k in range(steps):
         if has_ref and k % 2:
-            reference.append(_timed(bench.reference_step, bench.device))
-        harness.append(_timed(bench.harness_step, bench.device))
+            reference.append(_timed(bench.reference_step, bench.device, clock))
+        harness.append(_timed(bench.harness_step, bench.device, clock))
         if has_ref and not k % 2:
-            reference.append(_timed(bench.reference_step, bench.device))
+            reference.append(_timed(bench.reference_step, bench.device, clock))
     h_rate = bench.batch_size / statistics.median(harness)
     r_rate = bench.batch_size / statistics.median(reference) if has_ref else None
+    # the ratio of adjacent steps (same machine load), median over the pairs
+    ratio = statistics.median(r / h for h, r in zip(harness, reference)) if has_ref else None
 
     step_flops, passes = bench.count(bench.harness_step)
     ref_passes = bench.count(bench.reference_step)[1] if has_ref else None
@@ -554,7 +573,7 @@ def perf_report(
         "method": method_name,
         "harness_images_per_s": round(h_rate, 2),
         "reference_images_per_s": round(r_rate, 2) if r_rate is not None else None,
-        "ratio": round(h_rate / r_rate, 3) if r_rate is not None else None,
+        "ratio": round(ratio, 3) if ratio is not None else None,
         "forward_equivalents_per_image": round(step_flops / bench.forward_flops_per_image(), 2),
         "attack_steps": bench.attack_steps,
         "peak_memory_mb": round(memory, 1),
