@@ -323,7 +323,13 @@ class SimCLRViews(nn.Module):
         """``x``: images ``[n, C, H, W]`` (float in [0, 1], or uint8) -> float views ``[n, C, size, size]``.
 
         ``generator``: an optional CPU ``torch.Generator`` for the parameters (default: global RNG).
+        Always computed in float32, also under bf16 autocast: views are attack starting points,
+        and bf16 cannot resolve an attack step of 2/255 near 1.
         """
+        with torch.autocast(x.device.type, enabled=False):
+            return self._views(x, generator)
+
+    def _views(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         if x.dtype == torch.uint8:
             x = to_float(x)
         n, _, height, width = x.shape

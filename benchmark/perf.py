@@ -20,7 +20,8 @@ Reported per method (:func:`perf_report`):
   (``torch.cuda.synchronize`` before and after on CUDA), harness and reference alternating.
   ``ratio``: harness speed / reference speed (1.0: no overhead), the median over the pairs of
   adjacent steps of reference time / harness time, so that a busy patch of a shared machine,
-  which slows both steps of a pair, cancels out.
+  which slows both steps of a pair, cancels out. ``clock="cpu"`` (CPU device only) times the
+  process's CPU time instead of elapsed time: steadier where other jobs share the cores.
 * ``forward_equivalents_per_image``: the FLOPs of one harness step (matmuls and convolutions,
   counted by :class:`torch.utils.flop_counter.FlopCounterMode`, forward and backward, attack
   included; augmentation and loss matmuls included, < 1% at the paper scale) divided by
@@ -358,6 +359,15 @@ def _sync(device: torch.device) -> None:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+def _check_clock(clock: str, device: str | torch.device | None) -> torch.device:
+    device = resolve_device(device)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    if clock == "cpu" and device.type != "cpu":
+        raise ValueError("the cpu clock measures CPU work: use it with the CPU device")
+    return device
+
+
 def _timed(step: Step, device: torch.device, clock: str = "wall") -> float:
     now = CLOCKS[clock]
     _sync(device)
@@ -510,11 +520,8 @@ def time_harness_step(
     clock: str = "wall",
 ) -> dict[str, Any]:
     """Median seconds and images/s of the harness step over ``steps`` steps after ``warmup``."""
-    if clock not in CLOCKS:
-        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    device = _check_clock(clock, device)
     bench = PerfBench(method_name, preset, backbone, batch_size, device, precision, params=params)
-    if clock == "cpu" and bench.device.type != "cpu":
-        raise ValueError("--clock cpu measures CPU work: use it with --device cpu")
     for _ in range(warmup):
         bench.harness_step()
     times = [_timed(bench.harness_step, bench.device, clock) for _ in range(steps)]
@@ -539,16 +546,13 @@ def perf_report(
     Harness and reference steps alternate (H R, R H, ...); each rate is the median over
     ``steps`` steps and ``ratio`` the median of the pairs' time ratios (module docstring).
     Keys: :data:`KEYS` plus ``passes_per_image``, ``reference_passes_per_image``, ``device``,
-    ``precision``, ``backbone``, ``batch_size``, ``steps``, ``preset``, ``peak_memory_kind``.
+    ``precision``, ``backbone``, ``batch_size``, ``steps``, ``preset``, ``clock``, ``peak_memory_kind``.
     ``reference_images_per_s`` and ``ratio`` are None for a method without a reference step.
     """
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
-    if clock not in CLOCKS:
-        raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+    device = _check_clock(clock, device)
     bench = PerfBench(method_name, preset, backbone, batch_size, device, precision, params=params)
-    if clock == "cpu" and bench.device.type != "cpu":
-        raise ValueError("--clock cpu measures CPU work: use it with --device cpu")
     has_ref = bench.reference is not None
     for _ in range(warmup):
         bench.harness_step()
@@ -585,6 +589,7 @@ def perf_report(
         "backbone": bench.backbone,
         "batch_size": bench.batch_size,
         "steps": steps,
+        "clock": clock,
         "peak_memory_kind": memory_kind,
     }
 
@@ -611,32 +616,43 @@ def _title(reports: list[dict[str, Any]]) -> str:
     r = reports[0]
     return (
         f"acbench perf: {r['device']}, preset {r['preset']}, backbone {r['backbone']}, "
-        f"batch {r['batch_size']}, median of {r['steps']} steps; peak memory: {r['peak_memory_kind']}"
+        f"batch {r['batch_size']}, median of {r['steps']} steps ({r['clock']} clock); "
+        f"peak memory: {r['peak_memory_kind']}"
     )
 
 
-def _perf(method, all_methods, preset, backbone, batch_size, steps, warmup, precision, device, out, as_json):
+def _perf(method, all_methods, preset, backbone, batch_size, steps, warmup, precision, device, clock, out,
+          as_json):
     if all_methods == (method is not None):
         raise click.UsageError("give --method NAME or --all (not both)")
     names = list_methods() if all_methods else [method]
     for name in names:
         get_method(name)  # unknown names fail before anything runs
-    dev = resolve_device(device)
-    reports = []
+    dev = _check_clock(clock, device)
+    reports, failed = [], []
     for name in names:
         for prec in precisions_for(precision, dev):
             if not as_json:
                 click.echo(f"perf {name} ({prec}) ...", err=True)
-            reports.append(perf_report(name, preset, backbone, batch_size, steps, dev, prec, warmup))
+            try:
+                reports.append(perf_report(name, preset, backbone, batch_size, steps, dev, prec, warmup, clock=clock))
+            except (ValueError, RuntimeError) as e:  # RuntimeError: out of memory among others
+                if not all_methods:
+                    raise
+                failed.append(f"{name} ({prec}): {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                click.echo(f"perf failed: {failed[-1]}", err=True)
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
-    text = render_table(reports)
-    if out is not None:
-        from benchmark.io import atomic_write_text
+    if reports:
+        text = f"{_title(reports)}\n\n{render_table(reports)}"
+        if out is not None:
+            from benchmark.io import atomic_write_text
 
-        atomic_write_text(out, f"{_title(reports)}\n\n{text}\n")
-        click.echo(f"wrote {out}", err=True)
-    click.echo(json.dumps(reports, indent=2) if as_json else f"{_title(reports)}\n\n{text}")
+            atomic_write_text(out, text + "\n")
+            click.echo(f"wrote {out}", err=True)
+        click.echo(json.dumps(reports, indent=2) if as_json else text)
+    if failed:  # --all goes on past a failing method, then says which failed
+        raise click.ClickException("perf failed for " + "; ".join(failed))
 
 
 @click.command("perf")
@@ -653,6 +669,9 @@ def _perf(method, all_methods, preset, backbone, batch_size, steps, warmup, prec
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "both"]), default="auto",
               show_default=True, help="auto: fp32 on CPU; fp32 and bf16 autocast (+ channels_last) on CUDA.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--clock", type=click.Choice(list(CLOCKS)), default="wall", show_default=True,
+              help="wall: elapsed time; cpu: this process's CPU time (CPU device only; steadier on a "
+              "machine shared with other jobs).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table to this markdown file (atomically).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of reports (one per method and precision).")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import json
 import platform
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -172,6 +173,19 @@ def record_path(results: Path, rec: dict[str, Any]) -> Path:
     )
 
 
+def write_record(opts: RunOptions, rec: dict[str, Any]) -> dict[str, Any]:
+    """Write ``rec`` unless the same record (same stage keys) is already there; return the one on disk."""
+    path = record_path(opts.results, rec)
+    try:
+        old = json.loads(path.read_text())
+        if old.get("stages") == rec["stages"] and not opts.force:
+            return old
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(path, rec)
+    return rec
+
+
 def make_record(
     opts: RunOptions, method: str, params: dict[str, Any], preset: Preset, dataset: str, seed: int,
     scheme: str, selection: str, keys: dict[str, str],
@@ -245,8 +259,7 @@ def run_method(
         ev = evaluate_stage(opts, fin, attacks, p, dataset)
         rec = make_record(opts, method, params, p, dataset, seed, scheme, selection,
                           {"pretrain": pre, "finetune": fin, "evaluate": ev})
-        atomic_write_json(record_path(opts.results, rec), rec)
-        records.append(rec)
+        records.append(write_record(opts, rec))
     return records
 
 

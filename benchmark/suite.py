@@ -175,7 +175,7 @@ def load_suite_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise SuiteError(f"suite file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SuiteError(f"suite file {path} is not valid TOML: {e}") from None
     except OSError as e:
         raise SuiteError(f"cannot read suite file {path}: {e}") from None
@@ -203,13 +203,13 @@ def run_job(opts, suite: Suite, job: Job, threads: int | None = None) -> dict[st
     """Run one job; never raises: returns {"ok": bool, ...} so a failure does not stop the grid."""
     import torch
 
-    from benchmark.io import atomic_write_json
     from benchmark.pipeline import (
         evaluate_stage,
         finetune_stage,
         make_record,
         pretrain_stage,
         record_path,
+        write_record,
     )
 
     if threads:
@@ -226,8 +226,8 @@ def run_job(opts, suite: Suite, job: Job, threads: int | None = None) -> dict[st
         ev = evaluate_stage(opts, fin, attacks, preset, job.dataset)
         rec = make_record(opts, job.method, params, preset, job.dataset, job.seed, job.scheme,
                           suite.selection, {"pretrain": pre, "finetune": fin, "evaluate": ev})
+        write_record(opts, rec)
         path = record_path(opts.results, rec)
-        atomic_write_json(path, rec)
         return {"ok": True, "job": job.name, "seconds": time.time() - t0, "record": str(path)}
     except Exception as e:  # reported, the grid goes on
         return {"ok": False, "job": job.name, "seconds": time.time() - t0,

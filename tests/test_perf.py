@@ -135,10 +135,10 @@ def test_cli_perf_json():
 def test_cli_perf_markdown_and_errors(tmp_path):
     out = tmp_path / "perf" / "cpu.md"
     r = CliRunner().invoke(main, ["perf", "--method", "simclr", "--batch-size", "4", "--steps", "1",
-                                  "--warmup", "0", "--out", str(out)])
+                                  "--warmup", "0", "--clock", "cpu", "--out", str(out)])
     assert r.exit_code == 0, r.output
     text = out.read_text()
-    assert "| method" in text and "simclr" in text and "harness img/s" in text
+    assert "| method" in text and "simclr" in text and "harness img/s" in text and "cpu clock" in text
     r = CliRunner().invoke(main, ["perf"])
     assert r.exit_code != 0 and "--method" in r.output
     r = CliRunner().invoke(main, ["perf", "--method", "acll"])
