@@ -19,8 +19,10 @@ from benchmark.data import DATASETS, DataError
 from benchmark.io import CheckpointError
 from benchmark.models import CheckpointMismatch
 from benchmark.pretrain import NonFiniteLoss
+from benchmark.suite import JobFailed
 
 USER_ERRORS = (
+    JobFailed,
     ValueError, KeyError, DataError, CheckpointError, CheckpointMismatch, NonFiniteLoss,
     ImportError, FileNotFoundError, FloatingPointError,
 )
@@ -237,7 +239,9 @@ def finetune(method, params, schemes, selection, results, preset, dataset, seed,
 
 
 def _run(method, params, schemes, attacks, selection, results, preset, dataset, seed, data_dir, download, device,
-         precision, force, quiet) -> list[dict]:
+         precision, force, quiet, jobs=1) -> list[dict]:
+    import os
+
     from benchmark.pipeline import run_method
 
     opts = make_options(results, data_dir, download, device, precision, force, quiet)
@@ -246,7 +250,9 @@ def _run(method, params, schemes, attacks, selection, results, preset, dataset, 
     attacks = split_list(attacks, ("clean", "pgd20", "autoattack", "aa-lite"), "attack") if attacks is not None else (
         "clean", "pgd20", "autoattack")
     dataset = check_inputs(method, params, preset, dataset, opts)
-    return run_method(opts, method, params, preset, dataset, seed, schemes, attacks, selection)
+    if jobs is None:  # CPU: one single-threaded worker per scheme (small-batch attacks are overhead-bound)
+        jobs = len(schemes) if opts.torch_device().type == "cpu" else 1
+    return run_method(opts, method, params, preset, dataset, seed, schemes, attacks, selection, jobs)
 
 
 def _summary(records: list[dict]) -> str:
@@ -281,13 +287,15 @@ def evaluate(method, params, schemes, attacks, selection, results, preset, datas
 @click.option("--attacks", default=None, help="Comma-separated subset of pgd20,autoattack,aa-lite "
               "(default: pgd20,autoattack; clean accuracy is always measured).")
 @click.option("--select", "selection", type=click.Choice(SELECTIONS), default="last", show_default=True)
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Worker processes for the schemes after pretraining (default: one per scheme on CPU, 1 on GPU).")
 @common
 @user_errors
-def run(method, params, schemes, attacks, selection, results, preset, dataset, seed, data_dir, download, device,
-        precision, force, quiet, as_json) -> None:
+def run(method, params, schemes, attacks, selection, jobs, results, preset, dataset, seed, data_dir, download,
+        device, precision, force, quiet, as_json) -> None:
     """One method end to end: pretrain, finetune, evaluate, records."""
     records = _run(method, params, schemes, attacks, selection, results, preset, dataset, seed, data_dir,
-                   download, device, precision, force, quiet)
+                   download, device, precision, force, quiet, jobs)
     if not as_json:
         click.echo(_summary(records))
         click.echo(f"records: {Path(results).resolve() / 'records'}")
@@ -351,8 +359,10 @@ def leaderboard(results, fmt, out, plots, preset, dataset, scheme) -> None:
 @click.option("--schemes", default=None, help="Comma-separated subset of slf,alf,aff (default: all).")
 @click.option("--attacks", default=None, help="Comma-separated subset of pgd20,autoattack,aa-lite.")
 @click.option("--select", "selection", default=None, help="Model selection: last or val.")
-@click.option("--executor", default=None, help="local (default), pool, submitit-local or slurm.")
-@click.option("--jobs", type=int, default=None, help="Worker processes for --executor pool.")
+@click.option("--executor", default=None,
+              help="local, pool, submitit-local or slurm (default: pool on a CPU-only machine, else local).")
+@click.option("--jobs", type=int, default=None,
+              help="Worker processes for --executor pool (default: CPU cores + 1 on a CPU-only machine).")
 @click.option("--partition", default=None, help="SLURM partition.")
 @click.option("--time-min", type=int, default=None, help="SLURM time limit per job (minutes).")
 @click.option("--gpus-per-job", type=int, default=None, help="SLURM GPUs per job.")
@@ -393,8 +403,14 @@ def suite(suite_file, results, preset, methods, datasets, seeds, schemes, attack
             slurm[k] = v
     if slurm:
         fields["slurm"] = slurm
-    spec = build_suite(fields, where)
     opts = make_options(results, data_dir, download, device, precision, force, quiet)
+    if "executor" not in fields and opts.torch_device().type == "cpu":
+        import os
+
+        # single-threaded workers, one more than cores: the small-batch attacks are overhead-bound
+        fields["executor"] = "pool"
+        fields.setdefault("jobs", (os.cpu_count() or 1) + 1)
+    spec = build_suite(fields, where)
     for d in spec.resolved_datasets():  # missing data fails here, before anything runs
         dataset_for(opts, get_preset(spec.preset), d)
     summary = run_suite(opts, spec, progress=not quiet, echo=lambda s: click.echo(s, err=True))

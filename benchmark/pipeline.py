@@ -246,13 +246,22 @@ def run_method(
     schemes: tuple[str, ...] = ("slf", "alf", "aff"),
     attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack"),
     selection: str = "last",
+    jobs: int = 1,
 ) -> list[dict[str, Any]]:
-    """One method end to end; writes and returns one record per scheme."""
+    """One method end to end; writes and returns one record per scheme.
+
+    ``jobs > 1`` finetunes and evaluates the schemes in that many worker processes (after the
+    shared pretraining), through the suite runner's process pool.
+    """
     params = dict(params or {})
     p = get_preset(preset) if isinstance(preset, str) else preset
     dataset = dataset or p.dataset
     attacks = tuple(dict.fromkeys(("clean", *attacks)))  # clean accuracy is always reported
     pre = pretrain_stage(opts, method, params, p, dataset, seed)
+    if jobs > 1 and len(schemes) > 1 and isinstance(preset, str):
+        from benchmark.suite import run_schemes_in_pool
+
+        return run_schemes_in_pool(opts, method, params, preset, dataset, seed, schemes, attacks, selection, jobs)
     records = []
     for scheme in schemes:
         fin = finetune_stage(opts, pre, scheme, p, dataset, seed, selection)

@@ -234,6 +234,30 @@ def run_job(opts, suite: Suite, job: Job, threads: int | None = None) -> dict[st
                 "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
 
 
+class JobFailed(RuntimeError):
+    """A job of ``acbench run --jobs N`` failed (its message holds the cause)."""
+
+
+def run_schemes_in_pool(opts, method: str, params: dict[str, Any], preset: str, dataset: str, seed: int,
+                        schemes: Sequence[str], attacks: Sequence[str], selection: str, jobs: int) -> list[dict]:
+    """Finetune + evaluate each scheme of one pretrained method in ``jobs`` worker processes."""
+    import json
+
+    suite = Suite(preset=preset, methods=(method,), datasets=(dataset,), seeds=(seed,), schemes=tuple(schemes),
+                  attacks=tuple(a for a in attacks if a != "clean"), selection=selection,
+                  params={method: dict(params)}, executor="pool", jobs=min(jobs, len(schemes)))
+    results: dict[str, dict] = {}
+    _pool(opts, suite, [Job("scheme", method, dataset, seed, sc) for sc in schemes],
+          lambda r: results.__setitem__(r["job"], r))
+    records = []
+    for sc in schemes:
+        r = results[Job("scheme", method, dataset, seed, sc).name]
+        if not r["ok"]:
+            raise JobFailed(f"{r['job']} failed: {r['error']}")
+        records.append(json.loads(Path(r["record"]).read_text()))
+    return records
+
+
 def layers(suite: Suite) -> list[list[Job]]:
     grid = [(m, d, s) for m in suite.resolved_methods() for d in suite.resolved_datasets() for s in suite.seeds]
     return [
@@ -254,7 +278,7 @@ def _pool(opts, suite, jobs, report):
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    threads = max(1, (os.cpu_count() or 1) // suite.jobs)
+    threads = max(1, (os.cpu_count() or 1) // suite.jobs)  # no more threads than cores in all
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
     with cf.ProcessPoolExecutor(max_workers=suite.jobs, mp_context=ctx) as pool:
         futures = [pool.submit(run_job, opts, suite, job, threads) for job in jobs]
