@@ -240,7 +240,6 @@ def finetune(method, params, schemes, selection, results, preset, dataset, seed,
 
 def _run(method, params, schemes, attacks, selection, results, preset, dataset, seed, data_dir, download, device,
          precision, force, quiet, jobs=1) -> list[dict]:
-    import os
 
     from benchmark.pipeline import run_method
 

@@ -280,8 +280,9 @@ def _pool(opts, suite, jobs, report):
 
     threads = max(1, (os.cpu_count() or 1) // suite.jobs)  # no more threads than cores in all
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
+    quiet = dataclasses.replace(opts, progress=False)  # one overall bar, not one per worker
     with cf.ProcessPoolExecutor(max_workers=suite.jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(run_job, opts, suite, job, threads) for job in jobs]
+        futures = [pool.submit(run_job, quiet, suite, job, threads) for job in jobs]
         for fut in cf.as_completed(futures):
             report(fut.result())
 
@@ -301,6 +302,7 @@ def _submitit(opts, suite, jobs, report, cluster: str):
     else:
         ex.update_parameters(timeout_min=suite.slurm.time_min)
     n = len(jobs)
+    opts = dataclasses.replace(opts, progress=False)  # logs go to files: no progress bars
     handles = ex.map_array(run_job, [opts] * n, [suite] * n, jobs)  # one job array per layer
     for job, handle in zip(jobs, handles):
         try:
