@@ -233,13 +233,11 @@ def branch_state_dict(encoder_state: dict[str, torch.Tensor], branch: str) -> di
     found = False
     for key, value in encoder_state.items():
         parts = key.split(".")
-        if "bn" in parts[:-1]:
-            i = len(parts) - 3  # ... <layer>.bn.<branch>.<param>
-            if parts[i] == "bn" and i >= 0:
-                if parts[i + 1] != branch:
-                    continue
-                found = True
-                key = ".".join(parts[: i + 1] + parts[i + 2 :])
+        if len(parts) >= 3 and parts[-3] == "bn":  # ... <layer>.bn.<branch>.<param>
+            if parts[-2] != branch:
+                continue
+            found = True
+            key = ".".join(parts[:-2] + parts[-1:])
         out[key] = value
     if not found:
         raise CheckpointMismatch(f"the encoder has no BN branch named {branch!r}")

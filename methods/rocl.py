@@ -25,6 +25,7 @@ from methods.losses import a_info_nce, info_nce
 from methods.simclr import projector_dims
 
 ADV = 2  # index of the adversarial view in the stack [t1, t2, adv]
+_AINFONCE = "Yu et al., ECCV 2022 (A-InfoNCE on RoCL)"
 
 
 @register_method("rocl")
@@ -123,7 +124,7 @@ class _RoCLAInfoNCE(RoCL):
 
 @register_method("rocl-ip")
 class RoCLIP(_RoCLAInfoNCE):
-    paper = "Yu et al., ECCV 2022 (A-InfoNCE on RoCL)"
+    paper = _AINFONCE
     summary = "RoCL with the adversarial view as an inferior positive (lambda 0.2, pair weight 0.5)"
 
     @dataclass(frozen=True)
@@ -135,7 +136,7 @@ class RoCLIP(_RoCLAInfoNCE):
 
 @register_method("rocl-hn")
 class RoCLHN(_RoCLAInfoNCE):
-    paper = "Yu et al., ECCV 2022 (A-InfoNCE on RoCL)"
+    paper = _AINFONCE
     summary = "RoCL with hard-negative reweighting (HCL form, beta 1, tau+ 0.12 / 0.1)"
     dataset_params = {"cifar100": {"hn_tau_plus": 0.1, "base_lr": 0.1}}
 
@@ -148,7 +149,7 @@ class RoCLHN(_RoCLAInfoNCE):
 
 @register_method("rocl-iphn")
 class RoCLIPHN(_RoCLAInfoNCE):
-    paper = "Yu et al., ECCV 2022 (A-InfoNCE on RoCL)"
+    paper = _AINFONCE
     summary = "RoCL with inferior positives and hard negatives (lambda 0.2, beta 1, tau+ 0.12 / 0.1)"
     dataset_params = {"cifar100": {"hn_tau_plus": 0.1, "base_lr": 0.2}}
 
