@@ -15,7 +15,10 @@ are torchvision's tensor formulas applied with a per-sample order.
 
 Randomness: all parameters are drawn on the CPU from ``generator`` (default: the global RNG, so
 ``torch.manual_seed`` makes views reproducible, and the same seed gives the same views on every
-device), a fixed number of draws per call whatever the images hold.
+device), a fixed number of draws per call whatever the images hold. Everything that depends on
+those parameters (resampling matrices, which images each colour op touches) is planned on the host
+and reaches the device in a few pinned, non-blocking copies, so a view never makes the host wait
+for the device.
 """
 
 from __future__ import annotations
@@ -42,6 +45,33 @@ _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 def to_float(x_uint8: Tensor) -> Tensor:
     """uint8 images -> float32 in [0, 1]."""
     return x_uint8.to(torch.float32) / 255.0
+
+
+def to_device(tensors: list[Tensor], device: torch.device) -> list[Tensor]:
+    """Host tensors to ``device``: unchanged when already there, else :func:`packed_copy`."""
+    if all(t.device == device for t in tensors):
+        return tensors
+    return packed_copy(tensors, device)
+
+
+def packed_copy(tensors: list[Tensor], device: torch.device) -> list[Tensor]:
+    """Copy ``tensors`` to ``device`` with one transfer per dtype, returned in their shapes.
+
+    On CUDA the packed buffer is pinned and copied with ``non_blocking=True``: a copy from pinned
+    memory does not wait for the device (a plain ``.to(device)`` from pageable memory does).
+    """
+    out: list[Tensor | None] = [None] * len(tensors)
+    groups: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        groups.setdefault(t.dtype, []).append(i)
+    for idx in groups.values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in idx])
+        if device.type == "cuda":
+            flat = flat.pin_memory()
+        flat = flat.to(device, non_blocking=True)
+        for i, part in zip(idx, flat.split([tensors[i].numel() for i in idx])):
+            out[i] = part.view(tensors[i].shape)
+    return out  # type: ignore[return-value]
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
@@ -150,7 +180,7 @@ def resized_crop(
     rx = _resample_matrix(boxes[:, 1], boxes[:, 3], width, size, interpolation)
     if flip is not None:  # a horizontal flip reverses the output columns
         rx = torch.where(flip.cpu()[:, None, None], rx.flip(1), rx)
-    ry, rx = ry.to(x.device, x.dtype), rx.to(x.device, x.dtype)
+    ry, rx = to_device([ry.to(x.dtype), rx.to(x.dtype)], x.device)
     c = x.shape[1]
     out = torch.bmm(x.reshape(n, c * height, width), rx.transpose(1, 2))  # columns: [n, C*H, S]
     out = torch.matmul(ry[:, None], out.view(n, c, height, size))  # rows: [n, C, S, S]
@@ -205,7 +235,7 @@ def _hue(x: Tensor, f: Tensor) -> Tensor:
     is_g = (maxc == g) & ~is_r
     hue6 = torch.where(is_r, g - b, torch.where(is_g, b - r + 2 * c, r - g + 4 * c))
     hue6 = hue6 / torch.where(c == 0, torch.ones_like(c), c) + 6.0 * f.view(-1, 1, 1)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = torch.arange(5.0, 0.0, -2.0, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)  # 5, 3, 1: no copy
     k = torch.remainder(hue6.unsqueeze(1) + n, 6.0)
     k = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     return maxc.unsqueeze(1) - c.unsqueeze(1) * k
@@ -227,22 +257,24 @@ def colour_jitter(
             3 hue); ops are applied in that order.
         active: optional bool ``[n]``; images where it is False are returned unchanged.
     """
-    out = x.clone()
     factors, order = factors.cpu(), order.cpu()
     act = torch.ones(len(x), dtype=torch.bool) if active is None else active.cpu()
-    # apply slot by slot: slot k applies, to each image, the op at position k of its order
-    # an op whose factors are all neutral is skipped, as torchvision skips a zero magnitude
+    # plan on the host: slot k applies, to each image, the op at position k of its order; an op
+    # whose factors are all neutral is skipped, as torchvision skips a zero magnitude
     skip = [bool((factors[act, op] == _NEUTRAL[op]).all()) for op in range(4)]
+    plan: list[tuple[int, Tensor, Tensor]] = []
     for slot in range(4):
         for op in range(4):
             if skip[op]:
                 continue
             idx = torch.nonzero(act & (order[:, slot] == op)).squeeze(1)
-            if not len(idx):
-                continue
-            f = factors[idx, op].to(x.device, x.dtype)
-            idx = idx.to(x.device)
-            out[idx] = _COLOUR_OPS[op](out[idx], f)
+            if len(idx):
+                plan.append((op, idx, factors[idx, op].to(x.dtype)))
+    moved = to_device([t for _, idx, f in plan for t in (idx, f)], x.device)
+    out = x.clone()
+    for k, (op, _, _) in enumerate(plan):
+        idx, f = moved[2 * k], moved[2 * k + 1]
+        out[idx] = _COLOUR_OPS[op](out[idx], f)
     return out
 
 
@@ -326,6 +358,8 @@ class SimCLRViews(nn.Module):
         Always computed in float32, also under bf16 autocast: views are attack starting points,
         and bf16 cannot resolve an attack step of 2/255 near 1.
         """
+        if not torch.amp.is_autocast_available(x.device.type):  # e.g. the meta device of the sync test
+            return self._views(x, generator)
         with torch.autocast(x.device.type, enabled=False):
             return self._views(x, generator)
 
@@ -351,7 +385,7 @@ class SimCLRViews(nn.Module):
         def colour(img: Tensor) -> Tensor:
             img = colour_jitter(img, factors, order, jitter_on)
             if bool(gray_on.any()) and img.shape[1] == 3:
-                on = gray_on.to(img.device).view(-1, 1, 1, 1)
+                (on,) = to_device([gray_on.view(-1, 1, 1, 1)], img.device)
                 img = torch.where(on, grayscale(img).expand_as(img), img)
             return img
 
@@ -395,6 +429,6 @@ class CropFlip(nn.Module):
         cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flip reads the columns backwards
         padded = F.pad(x, (p, p, p, p))
         wp = width + 2 * p
-        index = (rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, self.size**2).to(x.device)
+        (index,) = to_device([(rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, self.size**2)], x.device)
         out = padded.flatten(2).gather(2, index.expand(-1, x.shape[1], -1))
         return out.view(n, x.shape[1], self.size, self.size)

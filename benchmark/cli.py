@@ -93,6 +93,8 @@ def common(fn):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
                      help="Pretraining precision (auto: bf16 autocast on CUDA, fp32 on CPU). Evaluation is fp32."),
+        click.option("--compile", "compile_model", is_flag=True,
+                     help="torch.compile the pretraining model (a separate run: float rounding differs)."),
         click.option("--force", is_flag=True, help="Redo stages even if the run store has them."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
         click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON."),
@@ -108,7 +110,7 @@ def method_options(fn):
     return click.option("--method", required=True, help="Registered method name (see `acbench methods`).")(fn)
 
 
-def make_options(results, data_dir, download, device, precision, force, quiet):
+def make_options(results, data_dir, download, device, precision, force, quiet, compile_model=False):
     from benchmark.pipeline import RunOptions
 
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -120,7 +122,8 @@ def make_options(results, data_dir, download, device, precision, force, quiet):
             raise click.BadParameter("CUDA is not available on this machine", param_hint="--device")
     return RunOptions(results=Path(results).resolve(), data_dir=Path(data_dir).resolve() if data_dir else None,
                       download=download,
-                      device=device, precision=precision, progress=not quiet, force=force)
+                      device=device, precision=precision, compile=compile_model, progress=not quiet,
+                      force=force)
 
 
 def check_inputs(method: str | None, params: dict[str, Any], preset: str, dataset: str | None, opts) -> str:
@@ -183,8 +186,8 @@ def methods_cmd(as_json: bool) -> None:
 @method_options
 @common
 @user_errors
-def pretrain(method, params, results, preset, dataset, seed, data_dir, download, device, precision, force,
-             quiet, as_json) -> None:
+def pretrain(method, params, results, preset, dataset, seed, data_dir, download, device, precision,
+             compile_model, force, quiet, as_json) -> None:
     """Pretrain one method (skipped when the run store already has it).
 
     On several GPUs: torchrun --nproc_per_node=N -m benchmark.cli pretrain ... (the preset's batch
@@ -193,7 +196,7 @@ def pretrain(method, params, results, preset, dataset, seed, data_dir, download,
     from benchmark import distributed
     from benchmark.pipeline import pretrain_stage
 
-    opts = make_options(results, data_dir, download, device, precision, force, quiet)
+    opts = make_options(results, data_dir, download, device, precision, force, quiet, compile_model)
     params = parse_params(params)
     if distributed.launched():  # torchrun: one run on several processes (benchmark/distributed.py)
         distributed.init_from_env(device)
@@ -221,11 +224,11 @@ def pretrain(method, params, results, preset, dataset, seed, data_dir, download,
 @common
 @user_errors
 def finetune(method, params, schemes, selection, results, preset, dataset, seed, data_dir, download, device,
-             precision, force, quiet, as_json) -> None:
+             precision, compile_model, force, quiet, as_json) -> None:
     """Finetune a pretrained method under SLF / ALF / AFF (pretrains first if needed)."""
     from benchmark.pipeline import finetune_stage, pretrain_stage
 
-    opts = make_options(results, data_dir, download, device, precision, force, quiet)
+    opts = make_options(results, data_dir, download, device, precision, force, quiet, compile_model)
     params = parse_params(params)
     schemes = split_list(schemes, SCHEMES, "scheme")
     dataset = check_inputs(method, params, preset, dataset, opts)
@@ -239,11 +242,11 @@ def finetune(method, params, schemes, selection, results, preset, dataset, seed,
 
 
 def _run(method, params, schemes, attacks, selection, results, preset, dataset, seed, data_dir, download, device,
-         precision, force, quiet, jobs=1) -> list[dict]:
+         precision, compile_model, force, quiet, jobs=1) -> list[dict]:
 
     from benchmark.pipeline import run_method
 
-    opts = make_options(results, data_dir, download, device, precision, force, quiet)
+    opts = make_options(results, data_dir, download, device, precision, force, quiet, compile_model)
     params = parse_params(params)
     schemes = split_list(schemes, SCHEMES, "scheme")
     attacks = split_list(attacks, ("clean", "pgd20", "autoattack", "aa-lite"), "attack") if attacks is not None else (
@@ -273,10 +276,10 @@ def _summary(records: list[dict]) -> str:
 @common
 @user_errors
 def evaluate(method, params, schemes, attacks, selection, results, preset, dataset, seed, data_dir, download,
-             device, precision, force, quiet, as_json) -> None:
+             device, precision, compile_model, force, quiet, as_json) -> None:
     """Evaluate finetuned models and write records (runs missing upstream stages first)."""
     records = _run(method, params, schemes, attacks, selection, results, preset, dataset, seed, data_dir,
-                   download, device, precision, force, quiet)
+                   download, device, precision, compile_model, force, quiet)
     emit(records, as_json, _summary(records))
 
 
@@ -291,10 +294,10 @@ def evaluate(method, params, schemes, attacks, selection, results, preset, datas
 @common
 @user_errors
 def run(method, params, schemes, attacks, selection, jobs, results, preset, dataset, seed, data_dir, download,
-        device, precision, force, quiet, as_json) -> None:
+        device, precision, compile_model, force, quiet, as_json) -> None:
     """One method end to end: pretrain, finetune, evaluate, records."""
     records = _run(method, params, schemes, attacks, selection, results, preset, dataset, seed, data_dir,
-                   download, device, precision, force, quiet, jobs)
+                   download, device, precision, compile_model, force, quiet, jobs)
     if not as_json:
         click.echo(_summary(records))
         click.echo(f"records: {Path(results).resolve() / 'records'}")
@@ -370,13 +373,14 @@ def leaderboard(results, fmt, out, plots, preset, dataset, scheme) -> None:
 @click.option("--download", is_flag=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True)
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the pretraining models.")
 @click.option("--force", is_flag=True, help="Redo every stage of the grid.")
 @click.option("--quiet", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @user_errors
 def suite(suite_file, results, preset, methods, datasets, seeds, schemes, attacks, selection, executor, jobs,
-          partition, time_min, gpus_per_job, array_parallelism, data_dir, download, device, precision, force,
-          quiet, as_json) -> None:
+          partition, time_min, gpus_per_job, array_parallelism, data_dir, download, device, precision,
+          compile_model, force, quiet, as_json) -> None:
     """Run a benchmark grid (method x dataset x seed x scheme) and write RESULTS/leaderboard.md.
 
     Options override SUITE_FILE (TOML with the same keys: preset, methods, datasets, seeds, schemes,
@@ -402,7 +406,7 @@ def suite(suite_file, results, preset, methods, datasets, seeds, schemes, attack
             slurm[k] = v
     if slurm:
         fields["slurm"] = slurm
-    opts = make_options(results, data_dir, download, device, precision, force, quiet)
+    opts = make_options(results, data_dir, download, device, precision, force, quiet, compile_model)
     if "executor" not in fields and opts.torch_device().type == "cpu":
         import os
 

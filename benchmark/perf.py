@@ -398,6 +398,11 @@ def _fake_extras(method: Method, n: int, seed: int) -> dict[str, Any]:
     return extras
 
 
+def _eager(compiled: bool) -> contextlib.AbstractContextManager:
+    """Counting needs eager execution: compiled graphs do not dispatch op by op."""
+    return torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext()
+
+
 class PerfBench:
     """One method set up as the pretraining loop sets it up, with its harness and reference steps.
 
@@ -417,6 +422,7 @@ class PerfBench:
         precision: str = "fp32",
         seed: int = 0,
         params: dict[str, Any] | None = None,
+        compile: bool = False,
     ):
         p = get_preset(preset)
         self.device = resolve_device(device)
@@ -429,9 +435,10 @@ class PerfBench:
         cfg = PretrainConfig(
             method=method, method_params=params, dataset=p.dataset, image_size=data.image_size,
             backbone=backbone or p.backbone, seed=seed, recipe=recipe.replace(batch_size=self.batch_size),
-            precision=precision,
+            precision=precision, compile=compile,
         )
         self.preset, self.backbone, self.precision = preset, cfg.backbone, precision
+        self.compiled = compile
         self.tr: Training = build_training(cfg, data, self.device, _fake_extras(m, n, seed))
         self.model: ContrastiveModel = self.tr.model
         self.method = self.tr.method
@@ -469,7 +476,7 @@ class PerfBench:
         was = self.model.training
         self.model.eval()  # no BN statistics update
         try:
-            with torch.no_grad(), self.tr.autocast, FlopCounter() as fc:
+            with torch.no_grad(), self.tr.autocast, _eager(self.compiled), FlopCounter() as fc:
                 self.model(x, self.method.branches[0])
         finally:
             self.model.train(was)
@@ -478,7 +485,7 @@ class PerfBench:
     def count(self, step: Step) -> tuple[float, dict[str, float]]:
         """(FLOPs per image, encoder passes per image) of one ``step()``."""
         passes = PassCounter(self.model.encoder.conv1.weight.shape)
-        with passes, FlopCounter() as fc:
+        with _eager(self.compiled), passes, FlopCounter() as fc:
             step()
         return fc.get_total_flops() / self.batch_size, passes.per_image(self.batch_size)
 
@@ -518,10 +525,11 @@ def time_harness_step(
     warmup: int = 2,
     params: dict[str, Any] | None = None,
     clock: str = "wall",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Median seconds and images/s of the harness step over ``steps`` steps after ``warmup``."""
     device = _check_clock(clock, device)
-    bench = PerfBench(method_name, preset, backbone, batch_size, device, precision, params=params)
+    bench = PerfBench(method_name, preset, backbone, batch_size, device, precision, params=params, compile=compile)
     for _ in range(warmup):
         bench.harness_step()
     times = [_timed(bench.harness_step, bench.device, clock) for _ in range(steps)]
@@ -540,6 +548,7 @@ def perf_report(
     warmup: int = 2,
     params: dict[str, Any] | None = None,
     clock: str = "wall",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Harness vs reference throughput, forward-equivalents, attack steps and peak memory.
 
@@ -552,7 +561,7 @@ def perf_report(
     if steps < 1 or warmup < 0:
         raise ValueError("steps must be >= 1 and warmup >= 0")
     device = _check_clock(clock, device)
-    bench = PerfBench(method_name, preset, backbone, batch_size, device, precision, params=params)
+    bench = PerfBench(method_name, preset, backbone, batch_size, device, precision, params=params, compile=compile)
     has_ref = bench.reference is not None
     for _ in range(warmup):
         bench.harness_step()
@@ -584,7 +593,8 @@ def perf_report(
         "passes_per_image": passes,
         "reference_passes_per_image": ref_passes,
         "device": _device_name(bench.device),
-        "precision": precision + (" + channels_last" if bench.device.type == "cuda" else ""),
+        "precision": precision + (" + channels_last" if bench.device.type == "cuda" else "")
+        + (" + compile" if compile else ""),
         "preset": preset,
         "backbone": bench.backbone,
         "batch_size": bench.batch_size,
@@ -621,8 +631,8 @@ def _title(reports: list[dict[str, Any]]) -> str:
     )
 
 
-def _perf(method, all_methods, preset, backbone, batch_size, steps, warmup, precision, device, clock, out,
-          as_json):
+def _perf(method, all_methods, preset, backbone, batch_size, steps, warmup, precision, compile_model, device,
+          clock, out, as_json):
     if all_methods == (method is not None):
         raise click.UsageError("give --method NAME or --all (not both)")
     names = list_methods() if all_methods else [method]
@@ -635,7 +645,8 @@ def _perf(method, all_methods, preset, backbone, batch_size, steps, warmup, prec
             if not as_json:
                 click.echo(f"perf {name} ({prec}) ...", err=True)
             try:
-                reports.append(perf_report(name, preset, backbone, batch_size, steps, dev, prec, warmup, clock=clock))
+                reports.append(perf_report(name, preset, backbone, batch_size, steps, dev, prec, warmup, clock=clock,
+                                           compile=compile_model))
             except (ValueError, RuntimeError) as e:  # RuntimeError: out of memory among others
                 if not all_methods:
                     raise
@@ -668,6 +679,8 @@ def _perf(method, all_methods, preset, backbone, batch_size, steps, warmup, prec
               help="Untimed steps of each kind first.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "both"]), default="auto",
               show_default=True, help="auto: fp32 on CPU; fp32 and bf16 autocast (+ channels_last) on CUDA.")
+@click.option("--compile", "compile_model", is_flag=True,
+              help="torch.compile the model (both steps use it; warm-up steps include the compilation).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--clock", type=click.Choice(list(CLOCKS)), default="wall", show_default=True,
               help="wall: elapsed time; cpu: this process's CPU time (CPU device only; steadier on a "

@@ -34,13 +34,15 @@ SCHEMA = "acbench.record/1"
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How (not what) to run: folders, device, output. Not part of any stage key."""
+    """How to run: folders, device, output. Only ``precision`` and ``compile`` enter a stage key
+    (the pretraining's), because they change its floating-point results."""
 
     results: Path = Path("results")
     data_dir: Path | None = None
     download: bool = False
     device: str = "auto"
     precision: str = "auto"
+    compile: bool = False  # torch.compile in pretraining (part of the pretrain key when set)
     progress: bool = True
     force: bool = False
 
@@ -87,7 +89,7 @@ def pretrain_config(
         method=method, method_params=dict(params), dataset=dataset, image_size=preset.image_size,
         backbone=preset.backbone, seed=seed, recipe=preset.recipe(m.paper_recipe(dataset)),
         train_limit=preset.train_limit,
-        precision=resolve_precision(opts.precision, opts.torch_device()),
+        precision=resolve_precision(opts.precision, opts.torch_device()), compile=opts.compile,
     )
 
 
@@ -225,6 +227,7 @@ def make_record(
         "finetune": preset.finetune_config(scheme, dataset, selection).to_dict(),
         "selected_epoch": fin["selected_epoch"],
         "precision": {"pretrain": pre.get("precision", "fp32"), "finetune": "fp32", "evaluation": "fp32"},
+        "pretrain_options": pre.get("options", {"compile": False, "channels_last": False}),
         "stages": dict(keys),
         "checkpoint": f"runs/finetune/{keys['finetune']}/{CLASSIFIER}",
         "cost": {

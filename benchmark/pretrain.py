@@ -47,6 +47,7 @@ class PretrainConfig:
     recipe: Recipe
     train_limit: int | None = None
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "fp32" | "bf16"
+    compile: bool = False  # torch.compile the encoder and heads (same math, other float rounding)
     extras_keys: dict[str, str] = field(default_factory=dict)  # upstream stage keys (pseudo-labels)
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,7 +61,13 @@ class PretrainConfig:
             "recipe": self.recipe.to_dict(),
             "train_limit": self.train_limit,
             "precision": self.precision,
+            **({"compile": True} if self.compile else {}),  # keys of uncompiled runs unchanged
         }
+
+
+def training_options(cfg: PretrainConfig, device: torch.device) -> dict[str, Any]:
+    """How the pretraining ran, beyond its precision (stored in every record)."""
+    return {"compile": cfg.compile, "channels_last": device.type == "cuda"}
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -69,6 +76,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
     return precision
+
+
+def compile_model(model: ContrastiveModel, backend: str = "inductor") -> None:
+    """``torch.compile`` the encoder and every head in place; state-dict keys are unchanged.
+
+    Each (BN branch, train/eval mode, batch shape) the method uses is one graph: the recompile
+    limit is raised so that none of them falls back to eager.
+    """
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 64)
+    model.encoder.compile(backend=backend)
+    model.head.compile(backend=backend)
+    for head in model.extra_heads.values():
+        head.compile(backend=backend)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -85,16 +106,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 class EpochLog:
-    """The per-step values of one epoch, kept on the device (no host sync per step)."""
+    """The per-step values of one epoch, with no host sync per step: tensors are summed on the
+    device, plain numbers on the host (moving a number to the device would be a copy per step)."""
 
     def __init__(self, steps: int, device: torch.device):
         self.losses = torch.zeros(steps, device=device)
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
 
     def add(self, i: int, loss: torch.Tensor, logs: dict[str, Any]) -> None:
         self.losses[i] = loss.detach().float()
         for k, v in logs.items():
-            self.sums[k] = self.sums.get(k, 0) + torch.as_tensor(v, dtype=torch.float32, device=self.losses.device)
+            v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+            self.sums[k] = self.sums.get(k, 0.0) + v
 
 
 @dataclass
@@ -164,6 +187,8 @@ def build_training(
     model = method.build_model(backbone).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        compile_model(model)
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1:  # torchrun: SyncBN on every BN branch, identical replicas
         if batch_size % world:
@@ -245,7 +270,7 @@ def run_pretrain(
             bar.update(1)
         if tr.world > 1:  # the global batch's values (mean over equal shards); replicas kept identical
             log.losses = distributed.reduce_mean(log.losses)
-            log.sums = {k: distributed.reduce_mean(v) for k, v in log.sums.items()}
+            log.sums = {k: distributed.reduce_mean(torch.as_tensor(v, device=device)) for k, v in log.sums.items()}
             distributed.broadcast_module(model)
         # one host sync per epoch: the numerical guard and the logs
         values = log.losses.cpu()
@@ -291,4 +316,5 @@ def run_pretrain(
         atomic_write_json(out_dir / "history.json", history)
     return {"seconds": elapsed, "final_loss": final_loss, "epochs": recipe.epochs,
             "steps": total_steps, "batch_size": batch_size, "precision": precision,
+            "options": training_options(cfg, device),
             "n_images": n, **({"world_size": tr.world} if tr.world > 1 else {})}

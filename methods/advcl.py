@@ -172,27 +172,41 @@ def adaptive_ip_weight(d_t: float, d_bar: float, d_min: float, lam0: float) -> f
 class AdaptiveIPWeight:
     """lam per batch: lam0 for the first ``warmup_epochs`` epochs, while d_bar accumulates the
     running mean of d_t (weighted by batch size, like the released ``AverageMeter``); then
-    :func:`adaptive_ip_weight` against that (frozen) d_bar."""
+    :func:`adaptive_ip_weight` against that (frozen) d_bar.
+
+    ``d_t`` may be a number or a 0-d tensor on the training device. With a tensor, the running
+    sum and lam stay on the device (float64) so that a training step never waits for the host.
+    """
 
     def __init__(self, lam0: float, warmup_epochs: int, d_min: float):
         self.lam0, self.warmup_epochs, self.d_min = lam0, warmup_epochs, d_min
-        self.total, self.count = 0.0, 0
+        self.total: float | torch.Tensor = 0.0
+        self.count = 0
 
     @property
     def d_bar(self) -> float:
-        return self.total / self.count if self.count else math.nan
+        return float(self.total) / self.count if self.count else math.nan
 
-    def __call__(self, d_t: float, n: int, epoch: int) -> float:
+    def __call__(self, d_t: float | torch.Tensor, n: int, epoch: int) -> float | torch.Tensor:
+        if isinstance(d_t, torch.Tensor):
+            d_t = d_t.detach().double()
+            if not isinstance(self.total, torch.Tensor):  # once per run (or after a resume)
+                self.total = torch.full((), float(self.total), dtype=torch.float64, device=d_t.device)
         if epoch <= self.warmup_epochs:
-            self.total += d_t * n
+            self.total = self.total + d_t * n
             self.count += n
             return self.lam0
         if not self.count:  # no warm-up: the released AverageMeter's mean stays 0 -> lam0
             return self.lam0
-        return adaptive_ip_weight(d_t, self.d_bar, self.d_min, self.lam0)
+        if not isinstance(d_t, torch.Tensor):
+            return adaptive_ip_weight(d_t, self.d_bar, self.d_min, self.lam0)
+        d_bar, lam0 = self.total / self.count, self.lam0  # the same rule, elementwise on the device
+        inner = lam0 + (d_bar - d_t) / (d_bar - self.d_min) * (0.5 - lam0)
+        inner = torch.where(d_bar <= self.d_min, lam0, inner)
+        return torch.where(d_t > d_bar, lam0, torch.where(d_t < self.d_min, 0.5, inner))
 
     def state_dict(self) -> dict[str, float]:
-        return {"total": self.total, "count": self.count}
+        return {"total": float(self.total), "count": self.count}
 
     def load_state_dict(self, state: Mapping[str, float]) -> None:
         self.total, self.count = float(state["total"]), int(state["count"])
@@ -306,14 +320,14 @@ class AdvCL(Method):
             x_cl, x_ce = contrastive_pgd(objective, [x_org, x_org], p.eps, p.attack_step, p.attack_steps)
         return x_cl, x_ce
 
-    def contrast(self, z: torch.Tensor, lam: float | None = None) -> torch.Tensor:
+    def contrast(self, z: torch.Tensor, lam: float | torch.Tensor | None = None) -> torch.Tensor:
         """The contrastive term on z = [x_cl, t1, t2, HFC] ([4, B, D])."""
         p = self.params
         return p.temperature / p.base_temperature * info_nce(z, p.temperature)
 
     def inferior_positive_weight(
         self, model: ContrastiveModel, x_org: torch.Tensor, x_cl: torch.Tensor, batch: Batch
-    ) -> tuple[float | None, dict[str, float]]:
+    ) -> tuple[float | torch.Tensor | None, dict[str, Any]]:
         return None, {}
 
     def training_step(self, model: ContrastiveModel, batch: Batch):
@@ -369,7 +383,7 @@ class _AdvCLAInfoNCE(AdvCL):
         if p.adaptive_epochs is not None and p.adaptive_epochs < 0:
             raise ValueError(f"adaptive_epochs must be >= 0, got {p.adaptive_epochs}")
 
-    def contrast(self, z: torch.Tensor, lam: float | None = None) -> torch.Tensor:
+    def contrast(self, z: torch.Tensor, lam: float | torch.Tensor | None = None) -> torch.Tensor:
         p = self.params
         hn = (p.hn_beta, p.hn_tau_plus) if p.hn_beta is not None else None
         ip = lam if lam is not None else p.ip
@@ -381,7 +395,7 @@ class _AdvCLAInfoNCE(AdvCL):
             return self.params.ip, {}
         with self._aux_mode(model), torch.no_grad():
             d_t = (model.features(x_org, "normal") - model.features(x_cl, "normal")).norm(dim=1).mean()
-        d_t = float(distributed.reduce_mean(d_t))  # one host sync per step: a_info_nce takes lam as a number
+        d_t = distributed.reduce_mean(d_t)  # stays on the device: lam is a 0-d tensor after warm-up
         lam = self.adaptive(d_t, x_org.shape[0] * distributed.world_size(), batch.epoch)
         return lam, {"lam": lam, "d_t": d_t}
 

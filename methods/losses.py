@@ -107,9 +107,13 @@ def _check_hn(hn: tuple[float, float] | None) -> tuple[float, float] | None:
     return beta, tau_plus
 
 
-def _check_ip(ip: float | None) -> float | None:
+def _check_ip(ip: float | Tensor | None) -> float | Tensor | None:
     if ip is None:
         return None
+    if isinstance(ip, Tensor):  # checked by shape only: reading its value would sync the device
+        if ip.dim() != 0 or not ip.is_floating_point():
+            raise ValueError(f"ip as a tensor must be a 0-d float tensor, got shape {tuple(ip.shape)}, {ip.dtype}")
+        return ip
     try:
         lam = float(ip)
     except (TypeError, ValueError):
@@ -161,6 +165,19 @@ def _masks(v: int, b: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor
     pos_mask = same_inst & ~self_mask
     neg_mask = ~same_inst
     return view, self_mask, pos_mask, neg_mask
+
+
+def _positive_sum(m: Tensor, v: int, b: int) -> Tensor:
+    """sum_a sum_{b in P(a)} m[a, b], read with a gather of the positives' columns.
+
+    Row ``a = u * B + i`` has the positives ``u' * B + i`` (u' != u), in ascending order, which is
+    the order boolean indexing with the positive mask would give, without its host sync.
+    """
+    rows = torch.arange(v * b, device=m.device)
+    view, inst = rows // b, rows % b
+    k = torch.arange(v - 1, device=m.device)
+    cols = (k[None, :] + (k[None, :] >= view[:, None]).long()) * b + inst[:, None]  # [VB, V-1]
+    return m.gather(1, cols).sum()
 
 
 def _log_denominators(
@@ -252,17 +269,16 @@ def info_nce(z: Tensor, temperature: float = 0.5, *, detach_contrast: bool = Fal
     with _no_autocast(z.device.type):
         zf = _flatten(z)
         masks = _masks(v, b, zf.device)
-        pos_mask = masks[2]
         keys = zf.detach() if detach_contrast else zf
         big_l = _loss_matrix(zf, keys, masks, v - 1, v * (b - 1), t, None)
-        return big_l[pos_mask].sum() / (v * b * (v - 1))
+        return _positive_sum(big_l, v, b) / (v * b * (v - 1))
 
 
 def a_info_nce(
     z: Tensor,
     adv: int | Sequence[int] = (0,),
     temperature: float = 0.5,
-    ip: float | None = None,
+    ip: float | Tensor | None = None,
     adv_weight: float = 1.0,
     hn: tuple[float, float] | None = None,
 ) -> Tensor:
@@ -295,7 +311,8 @@ def a_info_nce(
         adv: index (or indices) along dim 0 of the adversarial views; the others are clean. May be
             empty. Indices must be distinct and in ``0..V-1``.
         temperature: ``T > 0``.
-        ip: ``None`` (ordinary positives) or ``lam`` in ``[0, 1]``.
+        ip: ``None`` (ordinary positives) or ``lam`` in ``[0, 1]``: a number, or a 0-d tensor on the
+            device (its range is then the caller's to check: reading it would sync).
         adv_weight: weight ``w >= 0`` of the clean-adversarial positive terms.
         hn: ``None`` or ``(beta, tau_plus)`` with ``tau_plus`` in ``[0, 1)``.
 
@@ -326,8 +343,9 @@ def a_info_nce(
         zf = _flatten(z)
         masks = _masks(v, b, zf.device)
         view, _, pos_mask, _ = masks
-        is_adv = torch.tensor([u in adv_idx for u in range(v)], dtype=torch.bool, device=zf.device)
-        row_adv = is_adv[view]  # [VB]
+        row_adv = torch.zeros_like(view, dtype=torch.bool)  # [VB]; built on the device, no copy
+        for u in adv_idx:
+            row_adv |= view == u
         cross = pos_mask & (row_adv[:, None] != row_adv[None, :])  # clean-adv, same instance
 
         big_l = _loss_matrix(zf, zf, masks, n_pos, n_neg, t, hn_)
@@ -339,8 +357,11 @@ def a_info_nce(
             # alpha_ab = lam if the anchor a is clean, 1 - lam if it is adversarial, so that on a
             # cross pair M_ab = w * (alpha_ab l^sg_ab + alpha_ba l^sg_ba), which is the spec's
             # w * (lam l^sg_{c,v} + (1 - lam) l^sg_{v,c}) for both orientations.
-            alpha = torch.full((v * b, 1), lam, dtype=zf.dtype, device=zf.device)
-            alpha = alpha.masked_fill(row_adv[:, None], 1.0 - lam)
+            if isinstance(lam, Tensor):  # a 0-d tensor on the device (adaptive lam): no host sync
+                alpha = torch.where(row_adv[:, None], 1.0 - lam, lam).to(zf.dtype)
+            else:
+                alpha = torch.full((v * b, 1), lam, dtype=zf.dtype, device=zf.device)
+                alpha = alpha.masked_fill(row_adv[:, None], 1.0 - lam)
             a_sg = alpha * l_sg
             m = torch.where(cross, w * (a_sg + a_sg.T), big_l)
-        return m[pos_mask].sum() / (v * b * (v - 1))
+        return _positive_sum(m, v, b) / (v * b * (v - 1))
