@@ -187,14 +187,14 @@ def build_training(
     model = method.build_model(backbone).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    if cfg.compile:
-        compile_model(model)
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1:  # torchrun: SyncBN on every BN branch, identical replicas
         if batch_size % world:
             raise ValueError(f"the global batch {batch_size} does not split over {world} processes")
         model = distributed.convert_sync_batchnorm(model)
         distributed.broadcast_module(model)
+    if cfg.compile:  # last: compiles the final modules (SyncBN included)
+        compile_model(model)
     optimizer = build_optimizer(
         model.parameters(), recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
         weight_decay=recipe.weight_decay, **dict(recipe.optimizer_options),

@@ -274,6 +274,22 @@ def _local(opts, suite, jobs, report):
         report(run_job(opts, suite, job))
 
 
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """Pool worker initializer: exit when the parent process is gone (killed by SIGKILL, say).
+
+    Otherwise the workers of a killed ``acbench`` wait forever on a queue whose write end they
+    hold themselves, each keeping its memory.
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="acbench-parent-watch", daemon=True).start()
+
+
 def _pool(opts, suite, jobs, report):
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -281,7 +297,8 @@ def _pool(opts, suite, jobs, report):
     threads = max(1, (os.cpu_count() or 1) // suite.jobs)  # no more threads than cores in all
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
     quiet = dataclasses.replace(opts, progress=False)  # one overall bar, not one per worker
-    with cf.ProcessPoolExecutor(max_workers=suite.jobs, mp_context=ctx) as pool:
+    with cf.ProcessPoolExecutor(max_workers=suite.jobs, mp_context=ctx, initializer=_exit_with_parent,
+                                initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(run_job, quiet, suite, job, threads) for job in jobs]
         for fut in cf.as_completed(futures):
             report(fut.result())
