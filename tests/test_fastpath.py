@@ -24,20 +24,25 @@ def _method_names() -> list[str]:
     return [m if isinstance(m, str) else m.name for m in list_methods()]
 
 
-@pytest.mark.parametrize("name", _method_names())
-def test_pretraining_step_never_reads_a_device_value(name):
-    """On the meta device a tensor has no values: ``.item()``, ``bool()``, ``nonzero``, boolean
-    indexing and every other host sync raise. A whole step (views, attack, loss, backward,
-    optimiser, schedule, logs) must therefore run there, before and after AdvCL's lam warm-up."""
+def _training(name: str, compile: bool = False, device: torch.device = torch.device("cpu")):
+    """(config, Training) of ``name`` on 16 random smoke-sized images, batch 8."""
     p = get_preset("smoke")
     m = get_method(name, dataset=p.dataset)
     data = _random_data(p.dataset, p.image_size, 16, 0)
     cfg = PretrainConfig(
         method=name, method_params={}, dataset=p.dataset, image_size=data.image_size,
         backbone=p.backbone, seed=0, recipe=p.recipe(m.paper_recipe(p.dataset)).replace(batch_size=8),
-        precision="fp32",
+        precision="fp32", compile=compile,
     )
-    tr = build_training(cfg, data, META, _fake_extras(m, 16, 0))
+    return cfg, build_training(cfg, data, device, _fake_extras(m, 16, 0))
+
+
+@pytest.mark.parametrize("name", _method_names())
+def test_pretraining_step_never_reads_a_device_value(name):
+    """On the meta device a tensor has no values: ``.item()``, ``bool()``, ``nonzero``, boolean
+    indexing and every other host sync raise. A whole step (views, attack, loss, backward,
+    optimiser, schedule, logs) must therefore run there, before and after AdvCL's lam warm-up."""
+    _, tr = _training(name, device=META)
     tr.model.train()
     log = EpochLog(2, META)
     warm = getattr(tr.method.params, "adaptive_epochs", None) or 0
@@ -119,18 +124,6 @@ def test_epoch_log_sums_numbers_on_the_host_and_tensors_on_the_device():
         log.add(i, torch.tensor(float(i)), {"lam": 0.2, "d_t": torch.tensor(0.5)})
     assert isinstance(log.sums["lam"], float) and log.sums["lam"] == pytest.approx(0.6)
     assert isinstance(log.sums["d_t"], torch.Tensor) and float(log.sums["d_t"]) == pytest.approx(1.5)
-
-
-def _training(name: str, compile: bool = False):
-    p = get_preset("smoke")
-    m = get_method(name, dataset=p.dataset)
-    data = _random_data(p.dataset, p.image_size, 16, 0)
-    cfg = PretrainConfig(
-        method=name, method_params={}, dataset=p.dataset, image_size=data.image_size,
-        backbone=p.backbone, seed=0, recipe=p.recipe(m.paper_recipe(p.dataset)).replace(batch_size=8),
-        precision="fp32", compile=compile,
-    )
-    return cfg, build_training(cfg, data, torch.device("cpu"), _fake_extras(m, 16, 0))
 
 
 @pytest.mark.parametrize("name", ["acl", "rocl-ip", "advcl-ip"])
