@@ -159,24 +159,23 @@ def _missing_cifar(c: Ctx):
             "--results", c.results]
 
 
-def _garbage_cifar(c: Ctx):
+def _fake_cifar(c: Ctx, content: bytes):
+    """Every CIFAR-10 batch file holds ``content``; the command pretrains on that folder."""
     base = c.tmp / "data" / "cifar-10-batches-py"
     base.mkdir(parents=True)
     for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
                  "test_batch", "batches.meta"):
-        (base / name).write_bytes(os.urandom(4096))
+        (base / name).write_bytes(content)
     return ["pretrain", "--method", "simclr", *QUIET, "--dataset", "cifar10", "--data-dir", c.tmp / "data",
             "--results", c.results]
+
+
+def _garbage_cifar(c: Ctx):
+    return _fake_cifar(c, os.urandom(4096))
 
 
 def _code_cifar(c: Ctx):
-    base = c.tmp / "data" / "cifar-10-batches-py"
-    base.mkdir(parents=True)
-    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
-                 "test_batch", "batches.meta"):
-        (base / name).write_bytes(pickle.dumps({"data": RunsCode(c.marker), "labels": [0]}, protocol=2))
-    return ["pretrain", "--method", "simclr", *QUIET, "--dataset", "cifar10", "--data-dir", c.tmp / "data",
-            "--results", c.results]
+    return _fake_cifar(c, pickle.dumps({"data": RunsCode(c.marker), "labels": [0]}, protocol=2))
 
 
 def _results_is_file(c: Ctx):
