@@ -8,14 +8,6 @@ Public entry point for users of finetuned models::
 
 from __future__ import annotations
 
-from typing import Any
+from benchmark.checkpoints import load_classifier
 
 __all__ = ["load_classifier"]
-
-
-def __getattr__(name: str) -> Any:  # lazy: keeps `import methods` free of the training stack
-    if name == "load_classifier":
-        from benchmark.finetune import load_classifier
-
-        return load_classifier
-    raise AttributeError(name)

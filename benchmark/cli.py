@@ -193,18 +193,19 @@ def pretrain(method, params, results, preset, dataset, seed, data_dir, download,
     On several GPUs: torchrun --nproc_per_node=N -m benchmark.cli pretrain ... (the preset's batch
     is the global batch; rank 0 writes the run).
     """
+    from benchmark import ddp as distributed_blocks
     from benchmark import distributed
     from benchmark.pipeline import pretrain_stage
 
     opts = make_options(results, data_dir, download, device, precision, force, quiet, compile_model)
     params = parse_params(params)
-    if distributed.launched():  # torchrun: one run on several processes (benchmark/distributed.py)
-        distributed.init_from_env(device)
-        with distributed.main_first():  # rank 0 loads (or downloads) the data first
+    if distributed_blocks.launched():  # torchrun: one run on several processes (benchmark/distributed.py)
+        distributed_blocks.init_from_env(device)
+        with distributed_blocks.main_first():  # rank 0 loads (or downloads) the data first
             dataset = check_inputs(method, params, preset, dataset, opts)
         key = distributed.pretrain_stage(opts, method, params, get_preset(preset), dataset, seed)
-        main_rank = distributed.is_main()
-        distributed.shutdown()
+        main_rank = distributed_blocks.is_main()
+        distributed_blocks.shutdown()
         if not main_rank:
             return
     else:

@@ -28,6 +28,7 @@ from attacks import eval_mode, get_attack
 from attacks.base import project_linf
 from attacks.pgd import perturb_ce
 from benchmark.augment import CropFlip
+from benchmark.checkpoints import CLASSIFIER, load_classifier, load_encoder  # noqa: F401  (re-exported)
 from benchmark.config import FinetuneConfig
 from benchmark.data import Dataset
 from benchmark.io import CheckpointError, load_checkpoint, save_checkpoint
@@ -39,30 +40,6 @@ from benchmark.models import (
     classifier_from_encoder,
     load_strict,
 )
-
-CLASSIFIER = "classifier.pt"
-
-
-def load_encoder(path: Path, device: torch.device | str = "cpu") -> tuple[ResNet, dict[str, Any]]:
-    """The branch-BN encoder of a pretraining checkpoint, loaded with strict key matching."""
-    ck = load_checkpoint(path, kind="encoder", map_location=device)
-    encoder = ResNet(BackboneConfig.from_dict(ck["backbone"]), branches=ck["branches"])
-    state = {k[len("encoder.") :]: v for k, v in ck["state_dict"].items() if k.startswith("encoder.")}
-    load_strict(encoder, state, f"encoder weights in {path}")
-    return encoder.to(device), ck
-
-
-def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Classifier:
-    """A finetuned classifier in eval mode: [0, 1] images (N, C, H, W) -> logits.
-
-    ``path`` is a ``classifier.pt`` (a record's ``checkpoint``, relative to the results folder).
-    Normalisation is inside the model, so any attack library can use it directly.
-    """
-    ck = load_checkpoint(Path(path), kind="classifier", map_location=device)
-    model = Classifier(BackboneConfig.from_dict(ck["backbone"]), int(ck["num_classes"]))
-    load_strict(model, ck["state_dict"], f"classifier weights in {path}")
-    return model.to(device).eval()
-
 
 def trades_adversary(model: nn.Module, x: torch.Tensor, cfg: FinetuneConfig) -> torch.Tensor:
     """TRADES' inner maximisation: KL to the clean prediction, start x + 0.001 N(0, 1), eval mode."""

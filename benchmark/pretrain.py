@@ -20,8 +20,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from benchmark import distributed
+import benchmark.ddp as distributed
 from benchmark.data import Dataset
+from benchmark.checkpoints import ENCODER
 from benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
 from benchmark.models import BackboneConfig, ContrastiveModel
 from benchmark.optim import build_optimizer, warmup_cosine_lambda
@@ -29,7 +30,7 @@ from methods import get_method
 from methods.base import Batch, Method, Recipe
 
 LAST = "last.pt"
-ENCODER = "encoder.pt"
+
 
 
 class NonFiniteLoss(RuntimeError):

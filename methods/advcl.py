@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks import contrastive_pgd, eval_mode
-from benchmark import distributed
+import benchmark.ddp as distributed
 from benchmark.augment import CropFlip, SimCLRViews
 from benchmark.models import ContrastiveModel, MLPHead
 from methods import register_method

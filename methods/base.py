@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from benchmark import distributed
+import benchmark.ddp as distributed
 from benchmark.models import BackboneConfig, ContrastiveModel, ResNet
 
 

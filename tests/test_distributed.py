@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import attacks.contrastive
-from benchmark import distributed
+import benchmark.ddp as distributed
 from benchmark.data import load_dataset
 from benchmark.models import BackboneConfig
 from benchmark.pretrain import EpochLog, PretrainConfig, build_training
