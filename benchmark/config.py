@@ -17,49 +17,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmark.schemes import EPS, SELECTIONS, FinetuneConfig, get_scheme, scheme_names  # noqa: F401
 from methods.base import Recipe
 
-EPS = 8 / 255
-SCHEMES = ("slf", "alf", "aff")
-SELECTIONS = ("last", "val")
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """One finetuning scheme (PROTOCOL.md): what is trained, on which loss, with which optimiser."""
-
-    scheme: str
-    epochs: int
-    batch_size: int
-    lr: float
-    milestones: tuple[int, ...]
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    attack_steps: int = 10  # ALF's PGD / AFF's TRADES inner maximisation
-    attack_step: float = 2 / 255
-    eps: float = EPS
-    trades_beta: float = 6.0
-    selection: str = "last"
-    crop_padding: int = 4
-
-    def __post_init__(self) -> None:
-        if self.scheme not in SCHEMES:
-            raise ValueError(f"unknown scheme {self.scheme!r}; use one of {', '.join(SCHEMES)}")
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("finetuning epochs and batch size must be >= 1")
-        if not 0 < self.lr < 100:
-            raise ValueError(f"finetuning learning rate must be in (0, 100), got {self.lr}")
-        if not 0 < self.eps < 1 or not 0 < self.attack_step < 1:
-            raise ValueError("eps and attack step must be in (0, 1)")
-
-    @property
-    def trains_encoder(self) -> bool:
-        return self.scheme == "aff"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+# Finetuning configs and schemes live in benchmark.schemes (one file per scheme); the names below
+# are kept for modules that still import them from here.
+SCHEMES = tuple(scheme_names())  # built-in schemes only: call scheme_names() to see plugins too
 
 
 @dataclass(frozen=True)
@@ -96,18 +59,8 @@ class Preset:
         return paper.replace(**changes, source=f"{self.name} preset (scaled from: {paper.source})")
 
     def finetune_config(self, scheme: str, dataset: str, selection: str = "last") -> FinetuneConfig:
-        base = paper_finetune(scheme, dataset)
+        base = get_scheme(scheme).paper_config(dataset)
         return dataclasses.replace(base, **self.finetune.get(scheme, {}), selection=selection)
-
-
-def paper_finetune(scheme: str, dataset: str) -> FinetuneConfig:
-    """PROTOCOL.md's finetuning recipe for ``scheme`` on ``dataset``."""
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
-    if scheme == "aff":
-        return FinetuneConfig("aff", epochs=25, batch_size=128, lr=0.1, milestones=(15, 20))
-    linear_lr = {"cifar10": 0.01, "cifar100": 0.05, "stl10": 0.1}.get(dataset, 0.01)
-    return FinetuneConfig(scheme, epochs=25, batch_size=512, lr=linear_lr, milestones=(10, 20))
 
 
 # The CPU presets use one shared SGD recipe: the paper recipes' LARS learning rates assume batch

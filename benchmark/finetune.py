@@ -1,12 +1,10 @@
-"""Finetuning schemes (PROTOCOL.md): SLF, ALF, AFF.
+"""The finetuning loop shared by every scheme (``benchmark.schemes``: SLF, ALF, AFF, plugins).
 
 The encoder is the pretrained model's finetuning BN branch (the adversarial one for dual-BN
 methods) turned into a plain single-BN network with strict key matching; the classifier is a
-zero-initialised linear layer on the pooled feature.
-
-- ``slf``: linear head on clean images, encoder frozen in eval mode.
-- ``alf``: linear head on PGD examples made against the current model, encoder frozen.
-- ``aff``: everything, TRADES (Zhang et al., ICML 2019) with beta 6.
+zero-initialised linear layer on the pooled feature. The loop owns the optimiser (SGD on the head,
+or on everything when the scheme trains the encoder), the step schedule, the crop-and-flip
+augmentation, model selection and the checkpoint; the scheme gives each batch's loss.
 
 Model selection is the last epoch, or (``selection="val"``) the epoch with the best PGD-20
 accuracy on the held-out validation split. The test set is never looked at here.
@@ -21,38 +19,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from attacks import eval_mode, get_attack
-from attacks.base import project_linf
-from attacks.pgd import perturb_ce
+from attacks import get_attack
 from benchmark.augment import CropFlip
 from benchmark.checkpoints import CLASSIFIER, load_classifier, load_encoder  # noqa: F401  (re-exported)
-from benchmark.config import FinetuneConfig
 from benchmark.data import Dataset
-from benchmark.io import CheckpointError, load_checkpoint, save_checkpoint
-from benchmark.models import (
-    BackboneConfig,
-    CheckpointMismatch,
-    Classifier,
-    ResNet,
-    classifier_from_encoder,
-    load_strict,
-)
-
-def trades_adversary(model: nn.Module, x: torch.Tensor, cfg: FinetuneConfig) -> torch.Tensor:
-    """TRADES' inner maximisation: KL to the clean prediction, start x + 0.001 N(0, 1), eval mode."""
-    with eval_mode(model):
-        with torch.no_grad():
-            p_clean = F.softmax(model(x), dim=1)
-        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
-        for _ in range(cfg.attack_steps):
-            x_adv.requires_grad_(True)
-            kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
-            (grad,) = torch.autograd.grad(kl, x_adv)
-            x_adv = project_linf(x_adv.detach() + cfg.attack_step * grad.sign(), x, cfg.eps)
-    return x_adv.detach()
+from benchmark.io import CheckpointError, save_checkpoint
+from benchmark.models import CheckpointMismatch, classifier_from_encoder
+from benchmark.schemes import FinetuneConfig, get_scheme
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack, batch_size: int) -> float:
@@ -77,6 +52,7 @@ def run_finetune(
 ) -> dict[str, Any]:
     """Finetune under ``cfg.scheme``; writes ``classifier.pt`` in ``out_dir``; returns a summary."""
     t_start = time.time()
+    scheme = get_scheme(cfg.scheme)
     torch.manual_seed(seed)
     encoder, ck = load_encoder(encoder_path, device)
     branch = ck["finetune_branch"]
@@ -87,7 +63,7 @@ def run_finetune(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
 
-    if cfg.trains_encoder:
+    if scheme.trains_encoder:
         params = list(model.parameters())
     else:
         for p in model.encoder.parameters():
@@ -106,34 +82,24 @@ def run_finetune(
     val_attack = get_attack("pgd20", eps=cfg.eps)
     best = (-1.0, 0, None)
     history = []
-    bar = tqdm(total=cfg.epochs * steps, disable=not progress, desc=f"finetune {cfg.scheme}",
-               unit="step", leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.epochs * steps,
+        disable=not progress,
+        desc=f"finetune {cfg.scheme}",
+        unit="step",
+        leave=False,
+        dynamic_ncols=True,
+    )
     for epoch in range(1, cfg.epochs + 1):
         total = torch.zeros((), device=device)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).to(device)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).to(
+            device
+        )
         for i in range(steps):
             idx = perm[i * bs : (i + 1) * bs]
             x = augment(x_train[idx].float().div_(255))
             y = y_train[idx]
-            if cfg.scheme == "slf":
-                model.eval()  # frozen encoder: BN statistics are not updated
-                with torch.no_grad():
-                    feats = model.encoder(x)
-                loss = F.cross_entropy(model.fc(feats), y)
-            elif cfg.scheme == "alf":
-                model.eval()
-                x_adv = perturb_ce(model, x, y, cfg.eps, cfg.attack_step, cfg.attack_steps)
-                with torch.no_grad():
-                    feats = model.encoder(x_adv)
-                loss = F.cross_entropy(model.fc(feats), y)
-            else:
-                x_adv = trades_adversary(model, x, cfg)
-                model.train()
-                logits = model(x)
-                kl = F.kl_div(
-                    F.log_softmax(model(x_adv), dim=1), F.softmax(logits, dim=1), reduction="batchmean"
-                )
-                loss = F.cross_entropy(logits, y) + cfg.trades_beta * kl
+            loss = scheme.loss(model, x, y, cfg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -143,11 +109,15 @@ def run_finetune(
         mean_loss = float(total) / steps
         if mean_loss != mean_loss or mean_loss in (float("inf"), float("-inf")):
             bar.close()
-            raise FloatingPointError(f"finetuning ({cfg.scheme}) loss became non-finite at epoch {epoch}")
+            raise FloatingPointError(
+                f"finetuning ({cfg.scheme}) loss became non-finite at epoch {epoch}"
+            )
         entry = {"epoch": epoch, "loss": round(mean_loss, 6)}
         if cfg.selection == "val":
             model.eval()
-            acc = _accuracy(model, data.val_x.to(device).float() / 255, data.val_y.to(device), val_attack, 500)
+            acc = _accuracy(
+                model, data.val_x.to(device).float() / 255, data.val_y.to(device), val_attack, 500
+            )
             entry["val_pgd20"] = acc
             if acc > best[0]:
                 best = (acc, epoch, copy.deepcopy(model.state_dict()))
@@ -161,10 +131,20 @@ def run_finetune(
         chosen_epoch = best[1]
     model.eval()
     save_checkpoint(
-        out_dir / CLASSIFIER, "classifier",
-        {"backbone": model.encoder.config.to_dict(), "num_classes": data.num_classes,
-         "state_dict": {k: v.contiguous() for k, v in model.state_dict().items()},
-         "config": cfg.to_dict(), "encoder_branch": branch, "selected_epoch": chosen_epoch},
+        out_dir / CLASSIFIER,
+        "classifier",
+        {
+            "backbone": model.encoder.config.to_dict(),
+            "num_classes": data.num_classes,
+            "state_dict": {k: v.contiguous() for k, v in model.state_dict().items()},
+            "config": cfg.to_dict(),
+            "encoder_branch": branch,
+            "selected_epoch": chosen_epoch,
+        },
     )
-    return {"seconds": time.time() - t_start, "selected_epoch": chosen_epoch, "history": history,
-            "encoder_branch": branch}
+    return {
+        "seconds": time.time() - t_start,
+        "selected_epoch": chosen_epoch,
+        "history": history,
+        "encoder_branch": branch,
+    }
