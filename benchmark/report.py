@@ -1,32 +1,43 @@
-"""Plots and the self-contained HTML page of a ``Leaderboard`` (matplotlib, Agg, PNG).
+"""Plots of a ``Leaderboard`` (matplotlib, Agg, PNG).
 
-``benchmark.leaderboard.write_plots`` writes these figures to files. Per table: a scatter of clean vs AutoAttack accuracy (one point per method and scheme, error bars =
-sample std over seeds, reported numbers as hollow markers in paper tables), and per scheme a
-grouped bar chart (methods x clean / PGD-20 / AutoAttack). The HTML page embeds the same figures
-as base64 PNG, so it opens from disk without a server.
+Per table: a scatter of clean vs AutoAttack accuracy (one point per method and scheme, error bars
+= sample std over seeds, reported numbers as hollow markers in paper tables), and per scheme a
+grouped bar chart (methods x clean / PGD-20 / AutoAttack / any other metric of the table).
+:func:`write_plots` writes them to files; ``benchmark.render``'s HTML page embeds them. matplotlib
+is imported only when a figure is drawn, so the text renderers do not load it.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
+from benchmark.leaderboard_types import Leaderboard, Table, metric_label, scheme_label
 
-from benchmark.leaderboard import METRIC_LABELS, METRICS, Leaderboard, Table, table_cells
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SCHEME_MARKERS = {"slf": "o", "alf": "s", "aff": "^"}
 METRIC_COLORS = {"clean": "#4c72b0", "pgd20": "#dd8452", "autoattack": "#c44e52"}
 DPI = 110
 
 
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """A constrained-layout figure on an Agg canvas (no display, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _method_colors(table: Table) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
     methods = sorted(row.method for row in table.rows)
     cmap = colormaps["tab10" if len(methods) <= 10 else "tab20"]
     return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
@@ -38,8 +49,9 @@ def _wrapped_title(table: Table, suffix: str = "") -> str:
 
 def scatter_figure(table: Table) -> Figure:
     """Clean (x) vs AutoAttack (y) accuracy per method (colour) and scheme (marker)."""
-    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
-    FigureCanvasAgg(fig)
+    from matplotlib.lines import Line2D
+
+    fig = _figure((8.5, 5.5))
     ax = fig.subplots()
     colors = _method_colors(table)
     plotted = []  # methods with at least one point, in rank order
@@ -88,7 +100,12 @@ def scatter_figure(table: Table) -> Figure:
     ]
     scheme_handles = [
         Line2D(
-            [], [], color="0.3", marker=SCHEME_MARKERS.get(s, "D"), linestyle="", label=s.upper()
+            [],
+            [],
+            color="0.3",
+            marker=SCHEME_MARKERS.get(s, "D"),
+            linestyle="",
+            label=scheme_label(s),
         )
         for s in table.schemes
     ]
@@ -114,18 +131,20 @@ def scatter_figure(table: Table) -> Figure:
 
 def bars_figure(table: Table, scheme: str) -> Figure:
     """Grouped bars for one scheme: methods (in rank order) x clean / PGD-20 / AutoAttack."""
-    rows = [r for r in table.rows if any(r.cells[scheme][m].n for m in METRICS)]
+    from matplotlib import colormaps
+
+    rows = [r for r in table.rows if any(r.cells[scheme][m].n for m in table.metrics)]
     methods = [row.method for row in rows]
-    fig = Figure(figsize=(max(6.0, 1.1 * len(methods) + 2.5), 4.8), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure((max(6.0, 1.1 * len(methods) + 2.5), 4.8))
     ax = fig.subplots()
-    width = 0.26
-    for j, metric in enumerate(METRICS):
+    width = 0.78 / len(table.metrics)  # 0.26 for the three standard metrics
+    others = colormaps["tab10"]
+    for j, metric in enumerate(table.metrics):
         xs, heights, errs = [], [], []
         for i, row in enumerate(rows):
             cell = row.cells[scheme][metric]
             if cell.n:
-                xs.append(i + (j - 1) * width)
+                xs.append(i + (j - (len(table.metrics) - 1) / 2) * width)
                 heights.append(cell.mean)
                 errs.append(cell.std or 0.0)
         bars = ax.bar(
@@ -134,8 +153,8 @@ def bars_figure(table: Table, scheme: str) -> Figure:
             width,
             yerr=errs,
             capsize=2,
-            color=METRIC_COLORS[metric],
-            label=METRIC_LABELS[metric],
+            color=METRIC_COLORS.get(metric, others((j + 1) % others.N)),
+            label=metric_label(metric),
         )
         if len(methods) <= 8:
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
@@ -147,7 +166,7 @@ def bars_figure(table: Table, scheme: str) -> Figure:
     )
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 105)
-    ax.set_title(_wrapped_title(table, f" — {scheme.upper()}"), fontsize=9)
+    ax.set_title(_wrapped_title(table, f" — {scheme_label(scheme)}"), fontsize=9)
     ax.grid(True, axis="y", alpha=0.3)
     fig.legend(title="metric", loc="outside right upper")
     return fig
@@ -166,52 +185,15 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
-th { background: #f3f3f3; }
-td { text-align: right; white-space: nowrap; }
-td.method, td.flags { text-align: left; }
-td.flags { white-space: normal; color: #a33; max-width: 30em; }
-ul.legend { font-size: 0.85em; color: #555; }
-img { max-width: 100%; margin: 0.5em 1em 0.5em 0; border: 1px solid #eee; }
-"""
-
-
-def render_html(board: Leaderboard) -> str:
-    """A self-contained page: every table, its legend and its plots (base64 PNG)."""
-    out = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        "<title>acbench leaderboard</title>",
-        f"<style>{_CSS}</style></head><body>",
-        "<h1>acbench leaderboard</h1>",
-    ]
-    if not board.tables:
-        out.append("<p>No records.</p>")
+def write_plots(board: Leaderboard, out_dir: Path) -> list[Path]:
+    """Write each table's PNG plots into ``out_dir`` (created): ``<slug>_scatter.png`` (clean vs
+    AutoAttack) and ``<slug>_bars_<scheme>.png``; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
     for table in board.tables:
-        headers, rows = table_cells(table)
-        out.append(f"<h2>{html.escape(table.title)}</h2>")
-        out.append("<table><thead><tr>")
-        out += [f"<th>{html.escape(h)}</th>" for h in headers]
-        out.append("</tr></thead><tbody>")
-        for line in rows:
-            cells = []
-            for h, value in zip(headers, line):
-                cls = (
-                    ' class="method"' if h == "method" else ' class="flags"' if h == "flags" else ""
-                )
-                cells.append(f"<td{cls}>{html.escape(value)}</td>")
-            out.append("<tr>" + "".join(cells) + "</tr>")
-        out.append("</tbody></table>")
-        out.append(
-            '<ul class="legend">'
-            + "".join(f"<li>{html.escape(x)}</li>" for x in table.legend())
-            + "</ul>"
-        )
         for stem, fig in table_figures(table):
-            data = base64.b64encode(png_bytes(fig)).decode("ascii")
-            out.append(f'<img alt="{html.escape(stem)}" src="data:image/png;base64,{data}">')
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
+            path = out_dir / f"{stem}.png"
+            path.write_bytes(png_bytes(fig))
+            paths.append(path)
+    return paths

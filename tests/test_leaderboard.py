@@ -7,25 +7,25 @@ Regenerate the snapshots after an intended change with
 from __future__ import annotations
 
 import base64
+import csv
+import dataclasses
 import io
 import json
 import os
 import re
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from benchmark.leaderboard import (
-    build_leaderboard,
-    load_records,
-    load_reported,
-    render,
-    robustbench_entry,
-    shipped_reported_path,
-    write_plots,
-)
+from benchmark.errors import ConfigError
+from benchmark.leaderboard import build_leaderboard, load_records
+from benchmark.leaderboard_reported import load_reported, shipped_reported_path
+from benchmark.records import Flag, Record
+from benchmark.render import render, robustbench_entry
+from benchmark.report import write_plots
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -38,11 +38,9 @@ SCHEME_SHIFT = {"slf": 0.0, "alf": -2.5, "aff": 3.0}
 SEED_JITTER = {0: (0.0, 0.0, 0.0), 1: (1.25, 0.5, 0.75), 2: (-0.5, -1.0, -0.25)}
 
 
-def record(method, scheme, seed, clean, pgd20, aa, **over) -> dict:
-    rec = {
-        "schema": "acbench.record/1",
+def record(method, scheme, seed, clean, pgd20, aa, **over) -> Record:
+    fields = {
         "method": method,
-        "method_params": {},
         "dataset": "digits",
         "finetune_dataset": "digits",
         "preset": "quick",
@@ -54,18 +52,16 @@ def record(method, scheme, seed, clean, pgd20, aa, **over) -> dict:
         "n_test": 360,
         "threat_model": "Linf",
         "eps": EPS,
-        "flags": [],
         "stages": {"pretrain": f"pre-{method}-{seed}", "finetune": f"ft-{method}-{scheme}-{seed}"},
         "checkpoint": f"runs/finetune/ft-{method}-{scheme}-{seed}/classifier.pt",
         "cost": {"pretrain_s": 1.0, "finetune_s": 1.0, "eval_s": 1.0, "device": "cpu"},
         "versions": {"acbench": "0.1.0"},
         "created": "2026-11-28T19:40:00Z",
     }
-    rec.update(over)
-    return rec
+    return Record(**(fields | over))
 
 
-def make_records() -> list[dict]:
+def make_records() -> list[Record]:
     """3 methods x 3 schemes x 3 seeds (quick, digits) plus the special cases."""
     records = []
     for method, (c, p, a) in BASE.items():
@@ -73,20 +69,22 @@ def make_records() -> list[dict]:
             for seed, (dc, dp, da) in SEED_JITTER.items():
                 rec = record(method, scheme, seed, c + shift + dc, p + shift + dp, a + shift + da)
                 if method == "acl":
-                    rec["flags"] = ["recipe-deviation: epochs 10 (paper 1000)"]
+                    rec = rec.replace(flags=(Flag("recipe-deviation", "epochs 10 (paper 1000)"),))
                 if (method, scheme, seed) == ("advcl", "alf", 2):
-                    rec["metrics"]["autoattack"] = None  # not run
+                    rec = rec.replace(metrics=rec.metrics | {"autoattack": None})  # not run
                 if (method, scheme, seed) == ("rocl-ip", "slf", 1):
                     warning = (
                         "autoattack: Square Attack has decreased the robust accuracy of 0.28%. "
                         "This might indicate that the robustness evaluation using AutoAttack is "
                         "unreliable."
                     )  # the pipeline keeps it in both places
-                    rec["autoattack_warnings"] = [warning]
-                    rec["flags"] = [f"autoattack-warning: {warning}"]
+                    rec = rec.replace(
+                        autoattack_warnings=(warning,), flags=(Flag("autoattack-warning", warning),)
+                    )
                 if (method, scheme, seed) == ("advcl", "aff", 0):
-                    rec["metrics"]["autoattack"] = rec["metrics"]["pgd20"] + 5.0  # broken invariant
-                    rec["flags"] = ["invariant: autoattack 47.00 > pgd20 42.00"]  # pipeline's form
+                    broken = rec.metrics | {"autoattack": rec.metrics["pgd20"] + 5.0}  # invariant
+                    invariant = Flag("invariant", "autoattack 47.00 > pgd20 42.00")  # pipeline's
+                    rec = rec.replace(metrics=broken, flags=(invariant,))
                 records.append(rec)
     # a method with one seed, one scheme and no AutoAttack: ranks last, flagged
     records.append(record("simclr", "slf", 0, 90.0, 1.0, None))
@@ -103,16 +101,38 @@ def make_records() -> list[dict]:
     return records
 
 
-def write_records(results: Path, records: list[dict]) -> None:
+def as_v1(rec: Record) -> dict:
+    """The record as an acbench.record/1 file held it: flags as "kind: message" strings, no
+    protocol, attack settings or other fields that schema did not have."""
+    raw = rec.to_json()
+    raw["schema"] = "acbench.record/1"
+    raw["flags"] = [f"{f.kind}: {f.message}" for f in rec.flags]
+    for key in (
+        "protocol",
+        "attacks",
+        "recipe",
+        "recipe_deviations",
+        "finetune",
+        "selected_epoch",
+        "precision",
+        "pretrain_options",
+        "threads",
+    ):
+        del raw[key]
+    return raw
+
+
+def write_records(results: Path, records: list[Record], v1: bool = False) -> None:
     for rec in records:
-        sub = results / "records" / rec["preset"] / rec["dataset"]
+        sub = results / "records" / rec.preset / rec.dataset
         sub.mkdir(parents=True, exist_ok=True)
-        name = f"{rec['method']}_{rec['finetune_dataset']}_{rec['scheme']}_s{rec['seed']}.json"
-        (sub / name).write_text(json.dumps(rec, indent=2))
+        name = f"{rec.method}_{rec.finetune_dataset}_{rec.scheme}_s{rec.seed}.json"
+        (sub / name).write_text(json.dumps(as_v1(rec) if v1 else rec.to_json(), indent=2))
     bad = results / "records" / "broken"
     bad.mkdir(parents=True, exist_ok=True)
-    (bad / "bad_json.json").write_text('{"schema": "acbench.record/1", "method": ')
-    string_metric = record("acl", "slf", 7, 80.0, "45.1", 40.0)
+    (bad / "bad_json.json").write_text('{"schema": "acbench.record/2", "method": ')
+    string_metric = record("acl", "slf", 7, 80.0, 45.1, 40.0).to_json()
+    string_metric["metrics"]["pgd20"] = "45.1"
     (bad / "string_metric.json").write_text(json.dumps(string_metric))
 
 
@@ -244,11 +264,15 @@ def test_reported_block_paper_only(board):
 
 
 def test_csv_and_json_parse(board):
-    frame = pd.read_csv(io.StringIO(render(board, "csv")))
-    assert len(frame) == sum(len(t.rows) for t in board.tables)
-    assert frame["slf_clean_mean"].dtype.kind == "f"
-    rocl = frame[(frame.preset == "quick") & (frame.method == "rocl-ip")].iloc[0]
-    assert rocl["rank"] == 1 and rocl["slf_autoattack_n"] == 3
+    lines = list(csv.DictReader(io.StringIO(render(board, "csv"))))
+    assert len(lines) == sum(len(t.rows) for t in board.tables)
+    assert all(isinstance(float(line["slf_clean_mean"]), float) for line in lines)
+    assert all("." in line["slf_clean_mean"] for line in lines)  # written as floats
+    (rocl,) = [x for x in lines if x["preset"] == "quick" and x["method"] == "rocl-ip"]
+    assert rocl["rank"] == "1" and rocl["slf_autoattack_n"] == "3"
+    assert rocl["slf_autoattack_std"] == "0.5204"
+    simclr = next(x for x in lines if x["method"] == "simclr")
+    assert simclr["slf_clean_std"] == "" and simclr["alf_clean_n"] == "0"  # one seed; not run
     data = json.loads(render(board, "json"))
     assert data["schema"] == "acbench.leaderboard/1"
     assert [t["preset"] for t in data["tables"]] == ["paper", "quick", "quick"]
@@ -276,16 +300,46 @@ def test_load_reported_not_from_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shipped = load_reported()
     assert shipped_reported_path().is_file()
-    assert {"method", "clean", "autoattack", "scheme"} <= set(shipped.columns)
-    assert shipped["autoattack"].dtype.kind == "f"
+    assert len(shipped) > 100
+    assert all(isinstance(r.autoattack, float) and isinstance(r.clean, float) for r in shipped)
+    assert all(r.method and r.scheme in ("slf", "alf", "aff") for r in shipped)
+    assert {r.source for r in shipped} == {"robustssl_leaderboard.csv"}
     # a results folder without reported/ falls back to the shipped copy
-    assert len(load_reported(tmp_path)) == len(shipped)
+    assert load_reported(tmp_path) == shipped
     # a results folder with reported/*.csv is preferred
     (tmp_path / "reported").mkdir()
-    one = shipped[shipped.method == "ACL"].head(1).drop(columns=["source"])
-    one.to_csv(tmp_path / "reported" / "mine.csv", index=False)
+    with shipped_reported_path().open(newline="") as f:
+        header, *rows = list(csv.reader(f))
+    acl = next(row for row in rows if row[header.index("method")] == "ACL")
+    (tmp_path / "reported" / "mine.csv").write_text(",".join(header) + "\n" + ",".join(acl) + "\n")
     mine = load_reported(tmp_path)
-    assert len(mine) == 1 and mine["source"].tolist() == ["mine.csv"]
+    assert len(mine) == 1 and [r.source for r in mine] == ["mine.csv"]
+    assert mine[0] == dataclasses.replace(
+        next(r for r in shipped if r.method == "ACL"), source="mine.csv"
+    )
+
+
+def test_load_reported_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("pretrain_dataset,finetune_dataset,scheme,method,clean\n")
+    with pytest.raises(ConfigError, match="bad.csv: missing column.s. autoattack"):
+        load_reported(bad)
+    bad.write_text(
+        "pretrain_dataset,finetune_dataset,scheme,method,clean,autoattack\n"
+        "cifar10,cifar10,slf,ACL,78.2,n/a\n"
+    )
+    with pytest.raises(ConfigError, match="bad.csv, line 2: autoattack 'n/a' is not a number"):
+        load_reported(bad)
+    with pytest.raises(ConfigError, match="reported numbers not found"):
+        load_reported(tmp_path / "missing.csv")
+    # an empty number is "not published"
+    bad.write_text(
+        "pretrain_dataset,finetune_dataset,scheme,method,clean,autoattack\n"
+        " CIFAR10 ,cifar10,SLF, ACL ,78.2,\n"
+    )
+    (ref,) = load_reported(bad)
+    assert (ref.pretrain_dataset, ref.scheme, ref.method) == ("cifar10", "slf", "ACL")
+    assert (ref.clean, ref.autoattack, ref.venue) == (78.2, None, "")
 
 
 def test_filters():
@@ -298,8 +352,9 @@ def test_filters():
 
 
 def test_robustbench_entry():
-    rec = make_records()[0]
-    rec["autoattack_warnings"] = ["it seems to be a randomized defense! Please use version='rand'."]
+    rec = make_records()[0].replace(
+        autoattack_warnings=("it seems to be a randomized defense! Please use version='rand'.",)
+    )
     entry = robustbench_entry(rec)
     for key in ("clean_acc", "autoattack_acc", "pgd20_acc", "eps"):
         assert isinstance(entry[key], float)
@@ -317,3 +372,124 @@ def test_duplicate_runs_keep_newest():
         (row,) = build_leaderboard(records).tables[0].rows
         assert row.cells["slf"]["clean"].values == (81.0,)
         assert "duplicate runs, newest kept" in row.flags
+
+
+# ---- schema /1, other attacks, protocols, escaping ---------------------------------------------
+
+
+def test_v1_records_render_as_v2(tmp_path):
+    """acbench.record/1 files (flags as strings, no settings) give the same leaderboard."""
+    write_records(tmp_path / "v1", make_records(), v1=True)
+    write_records(tmp_path / "v2", make_records())
+    v1, warnings = load_records(tmp_path / "v1")
+    assert len(v1) == len(make_records()) and len(warnings) == 2
+    v2, _ = load_records(tmp_path / "v2")
+    reported = load_reported()
+    for fmt in ("md", "csv", "json"):
+        text = render(build_leaderboard(v1, reported=reported), fmt)
+        assert text == render(build_leaderboard(v2, reported=reported), fmt)
+        check_snapshot(f"leaderboard.{fmt}", text)
+    # a /1 flag string becomes a structured flag
+    old = as_v1(record("acl", "slf", 0, 80.0, 40.0, 50.0))
+    old["flags"] = ["invariant: autoattack 50.00 > pgd20 40.00", "something odd"]
+    path = tmp_path / "v1" / "records" / "old.json"
+    path.write_text(json.dumps(old))
+    rec = next(r for r in load_records(tmp_path / "v1")[0] if r.metrics["autoattack"] == 50.0)
+    assert rec.flags == (
+        Flag("invariant", "autoattack 50.00 > pgd20 40.00"),
+        Flag("note", "something odd"),
+    )
+    (row,) = build_leaderboard([rec]).tables[0].rows
+    assert row.flags == ("invariant: autoattack > pgd20", "something odd")
+
+
+CW = {"class": "CW", "c": 1.0, "kappa": 0, "steps": 50, "lr": 0.01, "threat_model": "L2"}
+SETTINGS = {
+    "clean": {},
+    "pgd20": {"eps": EPS, "alpha": round(2 / 255, 7), "steps": 20, "random_start": True},
+    "autoattack": {"version": "standard", "eps": EPS, "norm": "Linf", "seed": 0},
+}
+
+
+def with_cw(method, seed, cw, settings=CW, **over) -> Record:
+    rec = record(method, "slf", seed, 80.0, 40.0, 35.0, **over)
+    return rec.replace(metrics=rec.metrics | {"ta:CW": cw}, attacks=SETTINGS | {"ta:CW": settings})
+
+
+def test_extra_attack_gets_its_own_column():
+    records = [with_cw("acl", 0, 30.0), with_cw("acl", 1, 32.0), with_cw("rocl", 0, None)]
+    (table,) = build_leaderboard(records).tables
+    assert table.metrics == ("clean", "pgd20", "autoattack", "ta:CW")
+    acl, rocl = table.rows
+    assert acl.cells["slf"]["ta:CW"].values == (30.0, 32.0)
+    assert "no CW" in rocl.flags and not any(f.startswith("no CW") for f in acl.flags)
+    assert "attacks " + table.attacks_id in table.title and len(table.attacks_id) == 8
+    assert any(
+        line.startswith(f"attacks {table.attacks_id}: ") and "kappa=0" in line
+        for line in table.legend()
+    )
+    md = render(build_leaderboard(records), "md")
+    header = next(line for line in md.splitlines() if line.startswith("| #"))
+    assert [c.strip() for c in header.strip("|").split("|")][2:6] == [
+        "SLF clean",
+        "SLF PGD-20",
+        "SLF AutoAttack",
+        "SLF CW",
+    ]
+    assert re.search(r"\| 31\.00 ± 1\.41 \(2\) +\|", md)
+    lines = list(csv.DictReader(io.StringIO(render(build_leaderboard(records), "csv"))))
+    assert [x["slf_ta:CW_mean"] for x in lines] == ["31.0", ""]
+    assert {x["attacks"] for x in lines} == {table.attacks_id}
+    data = json.loads(render(build_leaderboard(records), "json"))
+    assert data["tables"][0]["attacks"]["ta:CW"] == CW
+    assert data["tables"][0]["metrics"][-1] == "ta:CW"
+    assert data["tables"][0]["rows"][0]["cells"]["slf"]["ta:CW"]["n"] == 2
+
+
+def test_attack_settings_never_mixed():
+    same = with_cw("rocl", 0, 28.0, settings=dict(reversed(CW.items())) | {"lr": 0.01 + 1e-12})
+    other = with_cw("advcl", 0, 20.0, settings=CW | {"c": 0.1})
+    board = build_leaderboard([with_cw("acl", 0, 30.0), same, other])
+    assert len(board.tables) == 2  # key order and float noise do not split a table; c does
+    by_method = {row.method: t for t in board.tables for row in t.rows}
+    assert by_method["acl"] is by_method["rocl"] and by_method["advcl"] is not by_method["acl"]
+    first, second = board.tables
+    assert first.title != second.title and first.slug != second.slug
+    assert {first.attacks["ta:CW"]["c"], second.attacks["ta:CW"]["c"]} == {1.0, 0.1}
+    # records without settings (acbench.record/1) never share a table with records that have them
+    plain = record("simclr", "slf", 0, 80.0, 40.0, 35.0)
+    assert len(build_leaderboard([plain, with_cw("acl", 0, 30.0)]).tables) == 2
+    assert "attacks" not in build_leaderboard([plain]).tables[0].title
+
+
+def test_protocol_splits_tables_and_is_named():
+    uniform = record("acl", "slf", 0, 80.0, 40.0, 35.0)
+    robustssl = record("acl", "slf", 0, 81.0, 41.0, 36.0, protocol="robustssl")
+    board = build_leaderboard([uniform, robustssl])
+    assert [t.protocol for t in board.tables] == ["robustssl", "uniform"]
+    assert "protocol robustssl" in board.tables[0].title
+    assert "protocol" not in board.tables[1].title and board.tables[0].slug != board.tables[1].slug
+    lines = list(csv.DictReader(io.StringIO(render(board, "csv"))))
+    assert [x["protocol"] for x in lines] == ["robustssl", "uniform"]
+
+
+def test_html_escapes_record_strings():
+    evil = record("<script>alert(1)</script>", "slf", 0, 80.0, 40.0, 35.0, backbone="r&b")
+    evil = evil.replace(flags=(Flag("note", '<img src=x onerror="x">'),))
+    page = render(build_leaderboard([evil]), "html")
+    assert "<script>" not in page and 'onerror="' not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=&quot;x&quot;&gt;" in page
+    assert "r&amp;b" in page and "r&b" not in page
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "<p>No records.</p>" in render(build_leaderboard([]), "html")
+
+
+def test_text_renderers_load_neither_pandas_nor_matplotlib():
+    code = (
+        "import sys; from benchmark.leaderboard import build_leaderboard; "
+        "from benchmark.render import render; render(build_leaderboard([]), 'md'); "
+        "print(sorted(m for m in ('pandas', 'matplotlib') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
