@@ -134,9 +134,5 @@ class FinetuneConfig:
         if not 0 < self.eps < 1 or not 0 < self.attack_step < 1:
             raise ConfigError("eps and attack step must be in (0, 1)")
 
-    @property
-    def trains_encoder(self) -> bool:
-        return get_scheme(self.scheme).trains_encoder
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
