@@ -15,78 +15,61 @@ the entry-point group ``acbench.methods``.
 
 from __future__ import annotations
 
-import difflib
-import importlib
-from importlib.metadata import entry_points
-from typing import Any
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from benchmark.errors import UnknownName
+from benchmark.registry import Registry
 from methods.base import Method, Recipe
 
-_REGISTRY: dict[str, type[Method]] = {}
-_BUILTINS = ("methods.simclr", "methods.acl", "methods.rocl", "methods.advcl")
-_loaded = False
+M = TypeVar("M", bound=Method)
+
+UnknownMethod = UnknownName  # an unknown method name (also a KeyError)
 
 
-class UnknownMethod(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; we want plain text
-        return str(self.args[0])
+def _check_method(cls: Any) -> None:
+    """Only complete :class:`Method` subclasses register (an incomplete one fails here, not later)."""
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{cls!r} must subclass methods.base.Method")
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise TypeError(f"{cls.__qualname__} does not implement {missing}")
 
 
-def register_method(name: str):
-    """Class decorator registering a :class:`Method` subclass under ``name`` (lowercase, unique)."""
+METHODS: Registry[type[Method]] = Registry(
+    "method",
+    builtins=("methods.simclr", "methods.acl", "methods.rocl", "methods.advcl"),
+    entry_points="acbench.methods",
+    check=_check_method,
+)
 
-    def deco(cls: type[Method]) -> type[Method]:
-        if name != name.lower() or not name:
-            raise ValueError(f"method names are lowercase and non-empty, got {name!r}")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(
-                f"method {name!r} is already registered (by {_REGISTRY[name].__module__}); "
-                "choose another name"
-            )
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise TypeError(f"{cls!r} must subclass methods.base.Method")
+
+def register_method(name: str, **meta: Any) -> Callable[[type[M]], type[M]]:
+    """Class decorator registering a :class:`Method` subclass under ``name`` (lowercase, unique);
+    the class's ``name`` becomes ``name``."""
+
+    def deco(cls: type[M]) -> type[M]:
+        METHODS.register(name, **meta)(cls)
         cls.name = name
-        _REGISTRY[name] = cls
         return cls
 
     return deco
 
 
-def _load_builtins() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for mod in _BUILTINS:
-        importlib.import_module(mod)
-    for ep in entry_points(group="acbench.methods"):
-        ep.load()
-
-
 def load_plugin(module: str) -> None:
     """Import a user module that registers methods (``--plugin my_pkg.my_method``)."""
-    _load_builtins()
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        raise ImportError(f"cannot import plugin module {module!r}: {e}") from None
+    METHODS.load_plugin(module)
 
 
 def list_methods() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    """The registered method names, sorted."""
+    return sorted(METHODS.names())
 
 
 def method_class(name: str) -> type[Method]:
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UnknownMethod(
-            f"unknown method {name!r}{hint}; registered: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+    """The class registered as ``name``; :data:`UnknownMethod` (with a did-you-mean) otherwise."""
+    return METHODS.get(name)
 
 
 def get_method(name: str, **overrides: Any) -> Method:
@@ -95,6 +78,7 @@ def get_method(name: str, **overrides: Any) -> Method:
 
 
 __all__ = [
+    "METHODS",
     "Method",
     "Recipe",
     "UnknownMethod",

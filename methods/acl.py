@@ -7,7 +7,7 @@ adversarial pair's ("pgd" branch). Finetuning uses the "pgd" branch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from attacks import contrastive_pgd, eval_mode
 from benchmark.augment import SimCLRViews
 from benchmark.models import ContrastiveModel, MLPHead
 from methods import register_method
-from methods.base import Batch, Method, Recipe
+from methods.base import AdversarialParams, Batch, Logs, Method, Recipe
 from methods.losses import info_nce
 
 
@@ -27,12 +27,7 @@ class ACL(Method):
     branches = ("normal", "pgd")
     finetune_branch = "pgd"
 
-    @dataclass(frozen=True)
-    class Params:
-        temperature: float = 0.5
-        eps: float = 8 / 255
-        attack_step: float = 2 / 255
-        attack_steps: int = 5
+    Params = AdversarialParams  # temperature 0.5; PGD-5, eps 8/255, step 2/255
 
     def paper_recipe(self, dataset: str | None = None) -> Recipe:
         return Recipe(
@@ -45,7 +40,7 @@ class ACL(Method):
         d = feature_dim  # 512-512-BN-ReLU-512-512-BN-ReLU-512-512-BN with dual BN
         return MLPHead([d, d, d, d], bn=True, bn_last=True, branches=self.branches)
 
-    def setup(self, image_size, device, extras) -> None:
+    def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
         self.views = SimCLRViews(image_size, scale=(0.1, 1.0), interpolation="bicubic").to(device)
 
     def contrast(self, z: torch.Tensor, n: int) -> torch.Tensor:
@@ -61,7 +56,7 @@ class ACL(Method):
             )
         return adv
 
-    def training_step(self, model: ContrastiveModel, batch: Batch):
+    def training_step(self, model: ContrastiveModel, batch: Batch) -> tuple[torch.Tensor, Logs]:
         x = batch.images
         n = x.shape[0]
         t = torch.cat([self.views(x), self.views(x)])  # both views attacked jointly

@@ -21,24 +21,24 @@ perturbation, so the attack computes them once per step (the released code recom
 every attack step: same gradients, only the "normal" running statistics move 5 times more).
 
 Input normalisation: the released model takes raw [0, 1] images; here, as for ACL, the model
-normalises its input (DESIGN.md), HFC included.
+normalises its input (docs/design.md), HFC included.
 
 Scaling with the image size (the released values are for 32 x 32): the HFC radius is
 ``8 * size / 32`` and the crop padding ``size // 8`` unless set (digits at 16 px: radius 4,
 padding 2). HFC values are not clamped to [0, 1]; the model normalises HFC like any input.
 
-Pseudo-labels come from the ``pseudo_labels`` stage (:mod:`benchmark.pseudolabels`: k-means on
-the features of a SimCLR encoder pretrained on the same data), or from a user file
-(``pseudo_labels_file``: an ``.npz`` with one integer array per k, keys ``k2`` ... ``k500``).
-The heads keep their nominal sizes (``fc_h: feature_dim -> h``) on every dataset; on small data
-the stage caps the number of clusters (see :mod:`benchmark.pseudolabels`), so a head can have more
-outputs than clusters. A user file enters the pretrain key by its path, not its content: after
-changing a file in place, rerun with ``--force``.
+Pseudo-labels always come from the ``pseudo_labels`` stage (:attr:`AdvCL.requires`), in
+``extras["pseudo_labels"]`` (nominal k -> LongTensor aligned with the dataset indices): k-means on
+the features of a SimCLR encoder pretrained on the same data, or, with ``pseudo_labels_file`` set,
+the user's ``.npz`` file (one integer array per k, keys ``k2`` ... ``k500``; see
+:mod:`benchmark.labels`), which the stage reads instead of running k-means. The heads keep their
+nominal sizes (``fc_h: feature_dim -> h``) on every dataset; on small data the stage caps the
+number of clusters, so a head can have more outputs than clusters.
 
 The A-InfoNCE variants (``advcl-ip``, ``advcl-hn``, ``advcl-iphn``) keep views, attack (still on
 the plain info_nce) and the CE term, and replace the contrastive term by
 ``(T / 0.07) a_info_nce(z, adv=(0,), ip=lam, adv_weight, hn)`` with A-InfoNCE's released settings
-per dataset (METHODS.md). The IP variants adapt lam per batch (:func:`adaptive_ip_weight`); with
+per dataset (docs/methods.md). The IP variants adapt lam per batch (:class:`AdaptiveIPWeight`); with
 K = 30 (or 20) warm-up epochs, runs shorter than K epochs (the CPU presets) keep lam = lam0.
 d_min (0.4 / 0.5) is an absolute distance tuned for ResNet-18 features on CIFAR.
 """
@@ -47,23 +47,22 @@ from __future__ import annotations
 
 import contextlib
 import math
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import contrastive_pgd, eval_mode
 import benchmark.ddp as distributed
+from attacks import contrastive_pgd, eval_mode
 from benchmark.augment import CropFlip, SimCLRViews
+from benchmark.errors import ConfigError
+from benchmark.labels import check_pseudo_labels
 from benchmark.models import ContrastiveModel, MLPHead
 from methods import register_method
-from methods.base import Batch, Method, Recipe
+from methods.base import AdversarialParams, Batch, Logs, Method, Recipe
 from methods.losses import a_info_nce, info_nce
 
 CLUSTERS = (2, 10, 50, 100, 500)  # pseudo-label granularities h (one head fc_h each)
@@ -87,120 +86,42 @@ def high_frequency(x: torch.Tensor, radius: float) -> torch.Tensor:
     return torch.fft.ifft2(torch.fft.ifftshift(spectrum, dim=(-2, -1))).real.to(x.dtype)
 
 
-# ---- pseudo-labels ----------------------------------------------------------------------------
-
-
-def check_pseudo_labels(
-    labels: Mapping[Any, Any], n: int | None, source: str
-) -> dict[int, torch.Tensor]:
-    """Validate pseudo-labels and return ``{h: int64 tensor}`` for every h in :data:`CLUSTERS`.
-
-    ``labels`` maps ``"k<h>"`` (or ``h``) to a 1-D integer array of labels in ``[0, h)``, one per
-    pretraining image (``n`` of them when given). Raises ValueError naming ``source``.
-    """
-    def nominal(key: Any) -> Any:  # "k10" -> 10; ints stay
-        return int(key[1:]) if isinstance(key, str) and key[:1] == "k" and key[1:].isdigit() else key
-
-    found = {nominal(k): v for k, v in labels.items()}
-    missing = [f"k{h}" for h in CLUSTERS if h not in found]
-    if missing:
-        raise ValueError(
-            f"{source}: missing pseudo-label arrays {', '.join(missing)} (need one integer array "
-            f"per k: {', '.join(f'k{h}' for h in CLUSTERS)})"
-        )
-    out: dict[int, torch.Tensor] = {}
-    for h in CLUSTERS:
-        a = found[h]
-        a = a.cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
-        if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
-            raise ValueError(f"{source}: k{h} must hold integers, got dtype {a.dtype}")
-        if a.ndim != 1:
-            raise ValueError(f"{source}: k{h} must be 1-D (one label per image), got shape {a.shape}")
-        if n is not None and len(a) != n:
-            raise ValueError(
-                f"{source}: k{h} has {len(a)} labels but there are {n} pretraining images "
-                "(labels must be aligned with the pretraining images, after train_limit)"
-            )
-        if len(a) and (a.min() < 0 or a.max() >= h):
-            raise ValueError(
-                f"{source}: k{h} labels must be in [0, {h}), got values in [{a.min()}, {a.max()}]"
-            )
-        out[h] = torch.from_numpy(a.astype(np.int64))
-    lengths = {len(v) for v in out.values()}
-    if len(lengths) > 1:
-        raise ValueError(f"{source}: the arrays have different lengths {sorted(lengths)}")
-    return out
-
-
-def load_pseudo_labels(path: str | Path, n: int | None = None) -> dict[int, torch.Tensor]:
-    """Read and validate a pseudo-label ``.npz`` file (see :func:`check_pseudo_labels`)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ValueError(f"pseudo-label file {path} does not exist")
-    try:
-        archive = np.load(path, allow_pickle=False)
-        if not isinstance(archive, np.lib.npyio.NpzFile):
-            raise ValueError(f"pseudo-label file {path} is not an .npz archive of arrays k2, k10, ...")
-        with archive:
-            labels = {k: archive[k] for k in archive.files}
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"pseudo-label file {path} cannot be read as .npz ({e})") from None
-    except ValueError as e:
-        if str(path) in str(e):
-            raise
-        raise ValueError(f"pseudo-label file {path} cannot be read as .npz ({e})") from None
-    return check_pseudo_labels(labels, n, f"pseudo-label file {path}")
-
-
 # ---- adaptive inferior-positive weight --------------------------------------------------------
 
 
-def adaptive_ip_weight(d_t: float, d_bar: float, d_min: float, lam0: float) -> float:
-    """A-InfoNCE's adaptive lam after the warm-up (METHODS.md, "Adaptive lam").
-
-    lam0 if d_t > d_bar; 0.5 if d_t < d_min; else lam0 + (d_bar - d_t) / (d_bar - d_min) (0.5 - lam0).
-    """
-    if d_t > d_bar:
-        return lam0
-    if d_t < d_min:
-        return 0.5
-    if d_bar <= d_min:  # d_t == d_bar == d_min: the interpolation's d_bar end
-        return lam0
-    return lam0 + (d_bar - d_t) / (d_bar - d_min) * (0.5 - lam0)
-
-
 class AdaptiveIPWeight:
-    """lam per batch: lam0 for the first ``warmup_epochs`` epochs, while d_bar accumulates the
-    running mean of d_t (weighted by batch size, like the released ``AverageMeter``); then
-    :func:`adaptive_ip_weight` against that (frozen) d_bar.
+    """A-InfoNCE's adaptive inferior-positive weight lam, per batch (docs/methods.md, "Adaptive lam").
 
-    ``d_t`` may be a number or a 0-d tensor on the training device. With a tensor, the running
-    sum and lam stay on the device (float64) so that a training step never waits for the host.
+    For the first ``warmup_epochs`` epochs lam = lam0 while d_bar accumulates the running mean of
+    the distances d_t (weighted by batch size, like the released ``AverageMeter``). After them,
+    against that frozen d_bar: lam0 if d_t > d_bar; 0.5 if d_t < d_min; else
+    lam0 + (d_bar - d_t) / (d_bar - d_min) (0.5 - lam0) (lam0 when d_bar <= d_min: no 0/0).
+
+    ``d_t`` is a 0-d tensor on the training device; the running sum and lam stay there (float64),
+    so a training step never waits for the host. lam is the number lam0 during the warm-up and a
+    0-d tensor after it.
     """
 
     def __init__(self, lam0: float, warmup_epochs: int, d_min: float):
         self.lam0, self.warmup_epochs, self.d_min = lam0, warmup_epochs, d_min
-        self.total: float | torch.Tensor = 0.0
+        self.total: float | torch.Tensor = 0.0  # a float64 tensor on d_t's device after the first call
         self.count = 0
 
     @property
     def d_bar(self) -> float:
         return float(self.total) / self.count if self.count else math.nan
 
-    def __call__(self, d_t: float | torch.Tensor, n: int, epoch: int) -> float | torch.Tensor:
-        if isinstance(d_t, torch.Tensor):
-            d_t = d_t.detach().double()
-            if not isinstance(self.total, torch.Tensor):  # once per run (or after a resume)
-                self.total = torch.full((), float(self.total), dtype=torch.float64, device=d_t.device)
+    def __call__(self, d_t: torch.Tensor, n: int, epoch: int) -> float | torch.Tensor:
+        d_t = d_t.detach().double()
+        if not isinstance(self.total, torch.Tensor):  # once per run (or after a resume)
+            self.total = torch.full((), float(self.total), dtype=torch.float64, device=d_t.device)
         if epoch <= self.warmup_epochs:
             self.total = self.total + d_t * n
             self.count += n
             return self.lam0
         if not self.count:  # no warm-up: the released AverageMeter's mean stays 0 -> lam0
             return self.lam0
-        if not isinstance(d_t, torch.Tensor):
-            return adaptive_ip_weight(d_t, self.d_bar, self.d_min, self.lam0)
-        d_bar, lam0 = self.total / self.count, self.lam0  # the same rule, elementwise on the device
+        d_bar, lam0 = self.total / self.count, self.lam0
         inner = lam0 + (d_bar - d_t) / (d_bar - self.d_min) * (0.5 - lam0)
         inner = torch.where(d_bar <= self.d_min, lam0, inner)
         return torch.where(d_t > d_bar, lam0, torch.where(d_t < self.d_min, 0.5, inner))
@@ -221,41 +142,34 @@ class AdvCL(Method):
     summary = "4-view contrast [adv(x_org), t1, t2, HFC] x T/0.07 + 0.2 CE on k-means pseudo-labels; triple BN"
     branches = ("normal", "pgd", "pgd_ce")
     finetune_branch = "pgd"
-    requires = ("pseudo_labels",)
+    requires = ("pseudo_labels",)  # k-means labels, or the user's pseudo_labels_file, from the stage
 
     @dataclass(frozen=True)
-    class Params:
-        temperature: float = 0.5
+    class Params(AdversarialParams):  # temperature 0.5; PGD-5, eps 8/255, step 2/255
         base_temperature: float = 0.07  # SupCon's: the contrastive term is scaled by T / 0.07
-        eps: float = 8 / 255
-        attack_step: float = 2 / 255
-        attack_steps: int = 5
         ce_weight: float = 0.2
         crop_scale_min: float = 0.2  # t1, t2: RandomResizedCrop scale (0.2, 1)
         crop_padding: int | None = None  # x_org: RandomCrop padding; None: size // 8 (4 at 32 px)
         hfc_radius: float | None = None  # None: 8 * size / 32 (8 at 32 px)
         attack_bn_mode: str = "train"  # "train": as released (BN statistics update); "eval"
-        pseudo_labels_file: str | None = None  # .npz of k2..k500 arrays; None: the stage's labels
+        # an .npz of k2..k500 arrays that the pseudo_labels stage loads instead of running k-means
+        pseudo_labels_file: str | None = None
         lr: float = 0.5  # the paper recipe's peak learning rate
 
-    def __init__(self, dataset: str | None = None, **overrides: Any):
-        super().__init__(dataset, **overrides)
-        if self.params.pseudo_labels_file is not None:
-            self.requires = ()  # labels come from the user's file: no SimCLR + k-means stage
-
-    def validate(self) -> None:
-        super().validate()
-        p = self.params
-        if p.attack_bn_mode not in ("train", "eval"):
-            raise ValueError(f"attack_bn_mode must be 'train' or 'eval', got {p.attack_bn_mode!r}")
-        if p.ce_weight < 0 or p.base_temperature <= 0 or p.lr <= 0:
-            raise ValueError("ce_weight must be >= 0, base_temperature and lr > 0")
-        if not 0 < p.crop_scale_min <= 1:
-            raise ValueError(f"crop_scale_min must be in (0, 1], got {p.crop_scale_min}")
-        if (p.crop_padding is not None and p.crop_padding < 0) or (p.hfc_radius is not None and p.hfc_radius < 0):
-            raise ValueError("crop_padding and hfc_radius must be >= 0")
-        if p.pseudo_labels_file is not None:
-            load_pseudo_labels(p.pseudo_labels_file)  # fail early; the length is checked in setup
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.attack_bn_mode not in ("train", "eval"):
+                raise ConfigError(f"attack_bn_mode must be 'train' or 'eval', got {self.attack_bn_mode!r}")
+            if self.ce_weight < 0 or self.base_temperature <= 0 or self.lr <= 0:
+                raise ConfigError("ce_weight must be >= 0, base_temperature and lr > 0")
+            if not 0 < self.crop_scale_min <= 1:
+                raise ConfigError(f"crop_scale_min must be in (0, 1], got {self.crop_scale_min}")
+            if (self.crop_padding is not None and self.crop_padding < 0) or (
+                self.hfc_radius is not None and self.hfc_radius < 0
+            ):
+                raise ConfigError("crop_padding and hfc_radius must be >= 0")
+            if self.pseudo_labels_file == "":
+                raise ConfigError("pseudo_labels_file must be a path to an .npz file (or None)")
 
     def paper_recipe(self, dataset: str | None = None) -> Recipe:
         lr = self.params.lr
@@ -274,22 +188,20 @@ class AdvCL(Method):
     def build_extra_heads(self, feature_dim: int) -> nn.ModuleDict:
         return nn.ModuleDict({f"fc{h}": nn.Linear(feature_dim, h) for h in CLUSTERS})
 
-    def setup(self, image_size, device, extras) -> None:
+    def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
         p = self.params
-        n = extras.get("n_images")
         self.views = SimCLRViews(image_size, scale=(p.crop_scale_min, 1.0)).to(device)
         padding = image_size // 8 if p.crop_padding is None else p.crop_padding
         self.weak = CropFlip(image_size, padding).to(device)
         self.radius = 8 * image_size / 32 if p.hfc_radius is None else p.hfc_radius
-        if p.pseudo_labels_file is not None:
-            labels = load_pseudo_labels(p.pseudo_labels_file, n)
-        elif "pseudo_labels" in extras:
-            labels = check_pseudo_labels(extras["pseudo_labels"], n, "the pseudo_labels stage")
-        else:
-            raise ValueError(
-                f"{self.name} needs pseudo-labels: run it through the pipeline (its pseudo_labels "
-                "stage makes them) or pass pseudo_labels_file=<file.npz>"
+        if "pseudo_labels" not in extras:
+            raise ConfigError(
+                f"{self.name} needs pseudo-labels: run it through the pipeline, whose pseudo_labels "
+                "stage makes them (or loads pseudo_labels_file)"
             )
+        labels = check_pseudo_labels(
+            extras["pseudo_labels"], extras.get("n_images"), "the pseudo_labels stage", CLUSTERS
+        )
         self.labels = torch.stack([labels[h] for h in CLUSTERS]).to(device)  # [H, n], moved once
 
     def _aux_mode(self, model: nn.Module) -> contextlib.AbstractContextManager:
@@ -327,10 +239,11 @@ class AdvCL(Method):
 
     def inferior_positive_weight(
         self, model: ContrastiveModel, x_org: torch.Tensor, x_cl: torch.Tensor, batch: Batch
-    ) -> tuple[float | torch.Tensor | None, dict[str, Any]]:
+    ) -> tuple[float | torch.Tensor | None, Logs]:
+        """lam for :meth:`contrast` and its logs; plain AdvCL has none."""
         return None, {}
 
-    def training_step(self, model: ContrastiveModel, batch: Batch):
+    def training_step(self, model: ContrastiveModel, batch: Batch) -> tuple[torch.Tensor, Logs]:
         p = self.params
         x = batch.images
         t1, t2, x_org = self.views(x), self.views(x), self.weak(x)
@@ -363,6 +276,17 @@ class _AdvCLAInfoNCE(AdvCL):
         hn_beta: float | None = None
         hn_tau_plus: float = 0.1
 
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.ip is not None and not 0 <= self.ip <= 1:
+                raise ConfigError(f"ip (lambda) must be in [0, 1], got {self.ip}")
+            if self.adv_weight < 0:
+                raise ConfigError(f"adv_weight must be >= 0, got {self.adv_weight}")
+            if not 0 <= self.hn_tau_plus < 1:
+                raise ConfigError(f"hn_tau_plus must be in [0, 1), got {self.hn_tau_plus}")
+            if self.adaptive_epochs is not None and self.adaptive_epochs < 0:
+                raise ConfigError(f"adaptive_epochs must be >= 0, got {self.adaptive_epochs}")
+
     def __init__(self, dataset: str | None = None, **overrides: Any):
         super().__init__(dataset, **overrides)
         p = self.params
@@ -371,18 +295,6 @@ class _AdvCLAInfoNCE(AdvCL):
             if p.ip is not None and p.adaptive_epochs is not None else None
         )
 
-    def validate(self) -> None:
-        super().validate()
-        p = self.params
-        if p.ip is not None and not 0 <= p.ip <= 1:
-            raise ValueError(f"ip (lambda) must be in [0, 1], got {p.ip}")
-        if p.adv_weight < 0:
-            raise ValueError(f"adv_weight must be >= 0, got {p.adv_weight}")
-        if not 0 <= p.hn_tau_plus < 1:
-            raise ValueError(f"hn_tau_plus must be in [0, 1), got {p.hn_tau_plus}")
-        if p.adaptive_epochs is not None and p.adaptive_epochs < 0:
-            raise ValueError(f"adaptive_epochs must be >= 0, got {p.adaptive_epochs}")
-
     def contrast(self, z: torch.Tensor, lam: float | torch.Tensor | None = None) -> torch.Tensor:
         p = self.params
         hn = (p.hn_beta, p.hn_tau_plus) if p.hn_beta is not None else None
@@ -390,7 +302,9 @@ class _AdvCLAInfoNCE(AdvCL):
         loss = a_info_nce(z, adv=(ADV,), temperature=p.temperature, ip=ip, adv_weight=p.adv_weight, hn=hn)
         return p.temperature / p.base_temperature * loss
 
-    def inferior_positive_weight(self, model, x_org, x_cl, batch):
+    def inferior_positive_weight(
+        self, model: ContrastiveModel, x_org: torch.Tensor, x_cl: torch.Tensor, batch: Batch
+    ) -> tuple[float | torch.Tensor | None, Logs]:
         if self.adaptive is None:
             return self.params.ip, {}
         with self._aux_mode(model), torch.no_grad():

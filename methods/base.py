@@ -7,6 +7,7 @@ and logging live once in :mod:`benchmark.pretrain`.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -16,7 +17,11 @@ import torch
 from torch import nn
 
 import benchmark.ddp as distributed
+from benchmark.errors import ConfigError, did_you_mean
 from benchmark.models import BackboneConfig, ContrastiveModel, ResNet
+
+OPTIMIZERS = ("sgd", "lars", "adam")
+Logs = dict[str, torch.Tensor | float]  # a step's logs: 0-d tensors (no host sync) or plain numbers
 
 
 @dataclass(frozen=True)
@@ -41,15 +46,18 @@ class Recipe:
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}")
         if not (self.lr > 0 and self.lr < 1e3):
-            raise ValueError(f"learning rate must be in (0, 1000), got {self.lr}")
-        if self.optimizer not in ("sgd", "lars", "adam"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; use sgd, lars or adam")
+            raise ConfigError(f"learning rate must be in (0, 1000), got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown optimizer {self.optimizer!r}{did_you_mean(self.optimizer, OPTIMIZERS)}; "
+                f"use {', '.join(OPTIMIZERS)}"
+            )
         if self.warmup_epochs < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("warmup_epochs must be >= 0 and min_lr_ratio in [0, 1]")
+            raise ConfigError("warmup_epochs must be >= 0 and min_lr_ratio in [0, 1]")
 
     def replace(self, **changes: Any) -> Recipe:
         return dataclasses.replace(self, **changes)
@@ -72,17 +80,48 @@ class Batch:
     extras: dict[str, Any] = field(default_factory=dict)  # stage inputs, e.g. pseudo-labels
 
 
+@dataclass(frozen=True)
+class ContrastiveParams:
+    """The parameter every built-in method has: the NT-Xent temperature (checked here, so a bad
+    value is refused when the method is made)."""
+
+    temperature: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass(frozen=True)
+class AdversarialParams(ContrastiveParams):
+    """:class:`ContrastiveParams` plus the L-inf PGD of a method's adversarial views: radius
+    ``eps``, step ``attack_step`` (both on [0, 1] images) and ``attack_steps`` steps. A method
+    with an attack derives its ``Params`` from this class and overrides the defaults it needs."""
+
+    eps: float = 8 / 255
+    attack_step: float = 2 / 255
+    attack_steps: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name, v in (("eps", self.eps), ("attack_step", self.attack_step)):
+            if not 0 < v < 1:
+                raise ConfigError(f"{name} must be in (0, 1), got {v}")
+        if self.attack_steps < 1:
+            raise ConfigError(f"attack_steps must be >= 1, got {self.attack_steps}")
+
+
 _SIMPLE_TYPES = {"None", "bool", "int", "float", "str"}
 
 
 def _checked_param(method: str, f: dataclasses.Field, value: Any) -> Any:
-    """``value`` if it fits parameter ``f``'s annotation (int for float is fine), else ValueError."""
+    """``value`` if it fits parameter ``f``'s annotation (int for float is fine), else ConfigError."""
     ann = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     allowed = {a.strip() for a in ann.split("|")}
     if not allowed <= _SIMPLE_TYPES:
-        return value  # an annotation this check does not know: left to validate()
+        return value  # an annotation this check does not know: left to the Params' own checks
     if isinstance(value, float) and "float" in allowed and not math.isfinite(value):
-        raise ValueError(f"method {method!r}: parameter {f.name!r} must be finite, got {value!r}")
+        raise ConfigError(f"method {method!r}: parameter {f.name!r} must be finite, got {value!r}")
     ok = (
         (value is None and "None" in allowed)
         or (isinstance(value, bool) and "bool" in allowed)
@@ -91,64 +130,50 @@ def _checked_param(method: str, f: dataclasses.Field, value: Any) -> Any:
         or (isinstance(value, str) and "str" in allowed)
     )
     if not ok:
-        raise ValueError(
+        raise ConfigError(
             f"method {method!r}: parameter {f.name!r} must be {' or '.join(sorted(allowed))}, got {value!r}"
         )
     return value
 
 
-class Method:
+class Method(abc.ABC):
     """Base class of a pretraining method.
 
-    Subclasses set the class attributes, define a frozen dataclass ``Params`` of their
-    hyper-parameters, and implement :meth:`build_head`, :meth:`setup` and :meth:`training_step`.
+    A subclass sets the class attributes (constants: never changed on an instance), defines a
+    frozen dataclass ``Params`` of its hyper-parameters that validates itself (derive it from
+    :class:`ContrastiveParams` or :class:`AdversarialParams`), and implements
+    :meth:`paper_recipe`, :meth:`build_head` and :meth:`training_step` (usually :meth:`setup`
+    too). Register it with ``methods.register_method(name)``.
     """
 
-    name: ClassVar[str] = ""
+    name: ClassVar[str] = ""  # set by register_method
     paper: ClassVar[str] = ""  # "Author et al., Venue Year"
     summary: ClassVar[str] = ""  # one line: what the method changes
     branches: ClassVar[tuple[str, ...]] = ("normal",)  # BN branches of the encoder
     finetune_branch: ClassVar[str] = "normal"  # the branch turned into the classifier
     normalize_input: ClassVar[bool] = True  # RoCL feeds raw [0, 1] images to the network
-    requires: ClassVar[tuple[str, ...]] = ()  # upstream stages, e.g. ("pseudo_labels",)
+    # upstream stages whose outputs arrive in setup's and Batch's extras, e.g. ("pseudo_labels",)
+    requires: ClassVar[tuple[str, ...]] = ()
     # per pretraining dataset: parameter defaults that differ from ``Params()``'s
     dataset_params: ClassVar[dict[str, dict[str, Any]]] = {}
-
-    @dataclass(frozen=True)
-    class Params:
-        temperature: float = 0.5
+    Params: ClassVar[type] = ContrastiveParams
 
     def __init__(self, dataset: str | None = None, **overrides: Any):
-        defaults = dict(self.dataset_params.get(dataset or "", {}))
-        fields = {f.name for f in dataclasses.fields(self.Params)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise ValueError(
-                f"method {self.name!r} has no parameter {unknown[0]!r}; its parameters: "
-                + ", ".join(sorted(fields))
-            )
         by_name = {f.name: f for f in dataclasses.fields(self.Params)}
+        unknown = sorted(set(overrides) - set(by_name))
+        if unknown:
+            raise ConfigError(
+                f"method {self.name!r} has no parameter {unknown[0]!r}{did_you_mean(unknown[0], by_name)}; "
+                f"its parameters: {', '.join(sorted(by_name))}"
+            )
         overrides = {k: _checked_param(self.name, by_name[k], v) for k, v in overrides.items()}
         self.dataset = dataset
-        self.params = self.Params(**{**defaults, **overrides})
-        self.validate()
+        self.params = self.Params(**{**self.dataset_params.get(dataset or "", {}), **overrides})
 
     # ---- description -------------------------------------------------------------------
-    def validate(self) -> None:
-        """Raise ValueError on invalid parameters (called at construction)."""
-        p = self.params
-        if getattr(p, "temperature", 1.0) <= 0:
-            raise ValueError("temperature must be > 0")
-        for name in ("eps", "attack_step"):
-            v = getattr(p, name, None)
-            if v is not None and not 0 < v < 1:
-                raise ValueError(f"{name} must be in (0, 1), got {v}")
-        steps = getattr(p, "attack_steps", None)
-        if steps is not None and steps < 1:
-            raise ValueError(f"attack_steps must be >= 1, got {steps}")
-
+    @abc.abstractmethod
     def paper_recipe(self, dataset: str | None = None) -> Recipe:
-        raise NotImplementedError
+        """The published pretraining recipe on ``dataset`` (presets scale it down)."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -162,8 +187,9 @@ class Method:
         }
 
     # ---- model ---------------------------------------------------------------------------
+    @abc.abstractmethod
     def build_head(self, feature_dim: int) -> nn.Module:
-        raise NotImplementedError
+        """The projection head on the backbone's ``feature_dim`` features."""
 
     def build_extra_heads(self, feature_dim: int) -> nn.ModuleDict:
         return nn.ModuleDict()
@@ -181,18 +207,20 @@ class Method:
         )
 
     # ---- training ------------------------------------------------------------------------
-    def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
-        """Build augmentation modules etc. before the first step."""
+    def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Build augmentation modules etc. before the first step. ``extras`` holds the outputs of
+        the :attr:`requires` stages and ``n_images`` (the number of pretraining images)."""
 
     def on_epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
         """Per-epoch hook; returns values to log (e.g. an adaptive weight)."""
         return {}
 
-    def training_step(
-        self, model: ContrastiveModel, batch: Batch
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """One step: make views (and adversarial views), return (loss, logs). No backward."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def training_step(self, model: ContrastiveModel, batch: Batch) -> tuple[torch.Tensor, Logs]:
+        """One step: make views (and adversarial views), return (loss, logs). No backward.
+
+        Logs are detached 0-d tensors (summed on the device: no host sync) or plain numbers.
+        """
 
     def gather(self, z: torch.Tensor) -> torch.Tensor:
         """The global batch's embeddings: [V, B_local, D] -> [V, B_global, D], gradient-carrying.
@@ -207,5 +235,5 @@ class Method:
         """Method state that must survive a resume (e.g. running means)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
+        """Restore what :meth:`state_dict` returned."""

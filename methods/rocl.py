@@ -12,15 +12,17 @@ replace the three-view contrast by ``a_info_nce`` with the adversarial view as v
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from attacks import contrastive_pgd, eval_mode
 from benchmark.augment import SimCLRViews
+from benchmark.errors import ConfigError
 from benchmark.models import ContrastiveModel, MLPHead
 from methods import register_method
-from methods.base import Batch, Method, Recipe
+from methods.base import AdversarialParams, Batch, Logs, Method, Recipe
 from methods.losses import a_info_nce, info_nce
 from methods.simclr import projector_dims
 
@@ -37,13 +39,12 @@ class RoCL(Method):
     normalize_input = False
 
     @dataclass(frozen=True)
-    class Params:
-        temperature: float = 0.5
+    class Params(AdversarialParams):
         eps: float = 0.0314
         attack_step: float = 0.007
         attack_steps: int = 7
         reg_weight: float = 1 / 256
-        # Faithful to the released code (see METHODS.md): the 3-view term sums over both
+        # Faithful to the released code (see docs/methods.md): the 3-view term sums over both
         # positives of each anchor (x2 against info_nce) and detaches the contrast side.
         sum_positives: bool = True
         detach_contrast: bool = True
@@ -61,7 +62,7 @@ class RoCL(Method):
     def build_head(self, feature_dim: int) -> nn.Module:
         return MLPHead(projector_dims(feature_dim))
 
-    def setup(self, image_size, device, extras) -> None:
+    def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
         self.views = SimCLRViews(image_size, scale=(0.08, 1.0), colour_first=True).to(device)
 
     def adversarial_view(self, model: ContrastiveModel, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
@@ -81,7 +82,7 @@ class RoCL(Method):
         loss = info_nce(z, p.temperature, detach_contrast=p.detach_contrast)
         return loss * (z.shape[0] - 1) if p.sum_positives else loss
 
-    def training_step(self, model: ContrastiveModel, batch: Batch):
+    def training_step(self, model: ContrastiveModel, batch: Batch) -> tuple[torch.Tensor, Logs]:
         x = batch.images
         n = x.shape[0]
         t1, t2 = self.views(x), self.views(x)
@@ -105,15 +106,14 @@ class _RoCLAInfoNCE(RoCL):
         hn_tau_plus: float = 0.1
         detach_contrast: bool = False  # the A-InfoNCE code does not detach the contrast side
 
-    def validate(self) -> None:
-        super().validate()
-        p = self.params
-        if p.ip is not None and not 0 <= p.ip <= 1:
-            raise ValueError(f"ip (lambda) must be in [0, 1], got {p.ip}")
-        if p.adv_weight <= 0:
-            raise ValueError(f"adv_weight must be > 0, got {p.adv_weight}")
-        if not 0 <= p.hn_tau_plus < 1:
-            raise ValueError(f"hn_tau_plus must be in [0, 1), got {p.hn_tau_plus}")
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.ip is not None and not 0 <= self.ip <= 1:
+                raise ConfigError(f"ip (lambda) must be in [0, 1], got {self.ip}")
+            if self.adv_weight <= 0:
+                raise ConfigError(f"adv_weight must be > 0, got {self.adv_weight}")
+            if not 0 <= self.hn_tau_plus < 1:
+                raise ConfigError(f"hn_tau_plus must be in [0, 1), got {self.hn_tau_plus}")
 
     def contrast(self, z: torch.Tensor) -> torch.Tensor:
         p = self.params

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -10,7 +11,7 @@ from torch import nn
 from benchmark.augment import SimCLRViews
 from benchmark.models import ContrastiveModel, MLPHead
 from methods import register_method
-from methods.base import Batch, Method, Recipe
+from methods.base import Batch, ContrastiveParams, Logs, Method, Recipe
 from methods.losses import info_nce
 
 
@@ -27,8 +28,7 @@ class SimCLR(Method):
     finetune_branch = "normal"
 
     @dataclass(frozen=True)
-    class Params:
-        temperature: float = 0.5
+    class Params(ContrastiveParams):
         crop_scale_min: float = 0.08
 
     def paper_recipe(self, dataset: str | None = None) -> Recipe:
@@ -42,10 +42,10 @@ class SimCLR(Method):
     def build_head(self, feature_dim: int) -> nn.Module:
         return MLPHead(projector_dims(feature_dim))
 
-    def setup(self, image_size, device, extras) -> None:
+    def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
         self.views = SimCLRViews(image_size, scale=(self.params.crop_scale_min, 1.0)).to(device)
 
-    def training_step(self, model: ContrastiveModel, batch: Batch):
+    def training_step(self, model: ContrastiveModel, batch: Batch) -> tuple[torch.Tensor, Logs]:
         x = batch.images
         t = torch.cat([self.views(x), self.views(x)])
         z = model(t, "normal").view(2, x.shape[0], -1)

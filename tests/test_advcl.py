@@ -1,4 +1,5 @@
-"""AdvCL and its A-InfoNCE variants: views, adaptive weight, pseudo-label stage, training step."""
+"""AdvCL and its A-InfoNCE variants: views, adaptive weight, pseudo-label files and stage,
+training step."""
 
 import json
 import math
@@ -7,19 +8,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import adaptive_lam_reference, one_step
 
 from benchmark import pseudolabels
-from benchmark.config import get_preset
+from benchmark.errors import ConfigError
+from benchmark.labels import check_pseudo_labels, load_pseudo_labels, save_pseudo_labels
 from benchmark.models import BackboneConfig, PlainBatchNorm
-from benchmark.pipeline import RunOptions, pretrain_stage
+from benchmark.pipeline import Target, run_pretrain_stage
+from benchmark.stage import RunOptions
 from methods import get_method
-from methods.advcl import (
-    CLUSTERS,
-    AdaptiveIPWeight,
-    adaptive_ip_weight,
-    high_frequency,
-)
-from methods.base import Batch
+from methods.advcl import CLUSTERS, AdaptiveIPWeight, high_frequency
 from methods.losses import a_info_nce, info_nce
 
 VARIANTS = ("advcl", "advcl-ip", "advcl-hn", "advcl-iphn")
@@ -57,26 +55,45 @@ def test_hfc_matches_numpy_reference(size, radius):
 # ---- adaptive inferior-positive weight ------------------------------------------------------
 
 
-def test_adaptive_ip_weight_rule():
-    lam0, d_bar, d_min = 0.2, 1.0, 0.4
-    assert adaptive_ip_weight(1.3, d_bar, d_min, lam0) == lam0  # above d_bar
-    assert adaptive_ip_weight(0.3, d_bar, d_min, lam0) == 0.5  # below d_min
-    assert adaptive_ip_weight(0.7, d_bar, d_min, lam0) == pytest.approx(0.2 + 0.5 * 0.3)  # half-way
-    assert adaptive_ip_weight(1.0, d_bar, d_min, lam0) == pytest.approx(lam0)  # the d_bar end
-    assert adaptive_ip_weight(0.4, d_bar, d_min, lam0) == pytest.approx(0.5)  # the d_min end
-    assert adaptive_ip_weight(0.4, 0.4, 0.4, lam0) == lam0  # degenerate d_bar == d_min: no 0/0
+def _lam(d_t: float, d_bar: float, d_min: float, lam0: float) -> float:
+    """lam of :class:`AdaptiveIPWeight` (the tensor rule) for ``d_t`` after a warm-up giving ``d_bar``."""
+    w = AdaptiveIPWeight(lam0, warmup_epochs=1, d_min=d_min)
+    assert w(torch.tensor(d_bar, dtype=torch.float64), 8, epoch=1) == lam0
+    lam = w(torch.tensor(d_t, dtype=torch.float64), 8, epoch=2)
+    assert isinstance(lam, torch.Tensor) and lam.dtype == torch.float64
+    return float(lam)
+
+
+@pytest.mark.parametrize(
+    "d_t,d_bar,d_min,lam0,expected",
+    [
+        (1.3, 1.0, 0.4, 0.2, 0.2),  # above d_bar: lam0
+        (0.3, 1.0, 0.4, 0.2, 0.5),  # below d_min: 0.5
+        (0.7, 1.0, 0.4, 0.2, 0.2 + 0.5 * 0.3),  # half-way
+        (1.0, 1.0, 0.4, 0.2, 0.2),  # the d_bar end
+        (0.4, 1.0, 0.4, 0.2, 0.5),  # the d_min end
+        (0.4, 0.4, 0.4, 0.2, 0.2),  # degenerate d_bar == d_min: no 0/0
+        (0.55, 0.6, 0.5, 0.3, 0.3 + 0.05 / 0.1 * 0.2),
+    ],
+)
+def test_adaptive_ip_weight_rule(d_t, d_bar, d_min, lam0, expected):
+    assert adaptive_lam_reference(d_t, d_bar, d_min, lam0) == pytest.approx(expected, abs=1e-12)
+    assert _lam(d_t, d_bar, d_min, lam0) == pytest.approx(expected, abs=1e-12)
 
 
 def test_adaptive_ip_weight_warmup_then_adapts_and_resumes():
+    def t(x: float) -> torch.Tensor:
+        return torch.tensor(x)
+
     w = AdaptiveIPWeight(lam0=0.3, warmup_epochs=2, d_min=0.5)
     # warm-up (epochs 1..K): lam0, d_bar = batch-size-weighted mean of d_t
-    assert w(1.0, 10, epoch=1) == 0.3
-    assert w(2.0, 30, epoch=2) == 0.3
+    assert w(t(1.0), 10, epoch=1) == 0.3
+    assert w(t(2.0), 30, epoch=2) == 0.3
     assert w.d_bar == pytest.approx((10 * 1.0 + 30 * 2.0) / 40)  # 1.75
     # after K: d_bar is frozen and the rule applies
-    assert w(2.0, 10, epoch=3) == 0.3
-    assert w(0.1, 10, epoch=3) == 0.5
-    assert w(1.125, 10, epoch=4) == pytest.approx(0.3 + 0.5 * 0.2)
+    assert float(w(t(2.0), 10, epoch=3)) == 0.3
+    assert float(w(t(0.1), 10, epoch=3)) == 0.5
+    assert float(w(t(1.125), 10, epoch=4)) == pytest.approx(0.3 + 0.5 * 0.2)
     assert w.d_bar == pytest.approx(1.75)
     # the method's state survives a resume
     m = get_method("advcl-ip", adaptive_epochs=2, d_min=0.5, ip=0.3)
@@ -105,8 +122,10 @@ def test_released_settings_per_dataset():
     assert (r.epochs, r.batch_size, r.optimizer, r.momentum, r.weight_decay) == (1000, 512, "sgd", 0.9, 1e-4)
     assert (r.warmup_epochs, r.min_lr_ratio) == (10, 1e-3) and "AdvCL" in r.source
     assert {get_method(m).paper_recipe().epochs for m in VARIANTS} == {1000}
-    with pytest.raises(ValueError, match="attack_bn_mode"):
+    with pytest.raises(ConfigError, match="attack_bn_mode"):
         get_method("advcl", attack_bn_mode="frozen")
+    with pytest.raises(ConfigError, match="adaptive_epochs must be >= 0"):
+        get_method("advcl-ip", adaptive_epochs=-1)
 
 
 def test_model_has_triple_bn_shared_head_bn_and_pseudo_label_heads():
@@ -142,21 +161,12 @@ def test_contrastive_terms_equal_the_spec():
 # ---- one training step ------------------------------------------------------------------------
 
 
-def _labels(n: int, seed: int = 0) -> dict[int, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return {h: torch.randint(0, min(h, 4), (n,), generator=g) for h in CLUSTERS}
-
-
 def _step(name: str, **params):
-    torch.manual_seed(0)
-    m = get_method(name, **params)
-    model = m.build_model(BackboneConfig("resnet10-tiny")).train()
-    m.setup(16, torch.device("cpu"), {"pseudo_labels": _labels(20), "n_images": 20})
-    batch = Batch(images=torch.rand(8, 3, 16, 16), indices=torch.arange(3, 11), epoch=1, epochs=1, step=0)
-    before = {b: model.encoder.bn1.bn[b].num_batches_tracked.item() for b in BRANCHES}
-    loss, logs = m.training_step(model, batch)
-    tracked = {b: model.encoder.bn1.bn[b].num_batches_tracked.item() - before[b] for b in BRANCHES}
-    return m, model, loss, logs, tracked
+    s = one_step(name, **params)
+    key = "encoder.bn1.bn.{}.num_batches_tracked"
+    state = s.model.state_dict()
+    tracked = {b: int(state[key.format(b)] - s.before[key.format(b)]) for b in BRANCHES}
+    return s.method, s.model, s.loss, s.logs, tracked
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -164,7 +174,6 @@ def test_one_training_step(name):
     m, model, loss, logs, tracked = _step(name)
     assert torch.isfinite(loss)
     assert torch.allclose(loss.detach(), logs["contrast"] + 0.2 * logs["ce"])
-    loss.backward()
     assert model.encoder.conv1.weight.grad.abs().sum() > 0
     assert model.head.linears[0].weight.grad.abs().sum() > 0
     for h in CLUSTERS:
@@ -186,13 +195,13 @@ def test_attack_bn_mode():
 # ---- pseudo-labels ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pseudo_labels_stage_reused_by_the_advcl_family(tmp_path, monkeypatch):
     calls = []
     kmeans = pseudolabels.run_kmeans
     monkeypatch.setattr(pseudolabels, "run_kmeans", lambda f, k, s: calls.append(k) or kmeans(f, k, s))
     opts = RunOptions(results=tmp_path, progress=False)
-    preset = get_preset("smoke")
-    pretrain_stage(opts, "advcl", {}, preset, "digits", 0)
+    run_pretrain_stage(opts, Target("advcl", preset="smoke", dataset="digits"))
     assert calls == [2, 10, 12]  # 128 smoke images: k capped at 128 // 10, each count once
     (stage_dir,) = (tmp_path / "runs" / "pseudo_labels").iterdir()
     done = stage_dir / "done.json"
@@ -202,12 +211,31 @@ def test_pseudo_labels_stage_reused_by_the_advcl_family(tmp_path, monkeypatch):
     with np.load(stage_dir / "labels.npz") as f:
         assert sorted(f.files) == sorted(f"k{h}" for h in CLUSTERS)
         assert f["k500"].dtype == np.int64 and f["k500"].shape == (128,) and f["k500"].max() < 12
-    pretrain_stage(opts, "advcl-ip", {}, preset, "digits", 0)
+    run_pretrain_stage(opts, Target("advcl-ip", preset="smoke", dataset="digits"))
     assert calls == [2, 10, 12] and done.stat().st_mtime_ns == mtime  # reused, not recomputed
     pretrains = [json.loads((d / "config.json").read_text()) for d in (tmp_path / "runs" / "pretrain").iterdir()]
-    upstream = {c["config"]["method"]: c["upstream"] for c in pretrains}
+    upstream = {c["method"]: c["upstream"] for c in pretrains}
     assert upstream["advcl"] == upstream["advcl-ip"] == {"pseudo_labels": stage_dir.name}
     assert len(upstream) == 3  # simclr (the shared encoder), advcl, advcl-ip
+
+
+@pytest.mark.slow
+def test_pseudo_labels_stage_loads_the_users_file(tmp_path, monkeypatch):
+    """With pseudo_labels_file, AdvCL still requires the stage; the stage reads the file instead
+    of pretraining SimCLR and running k-means, and the method trains on exactly those labels."""
+    monkeypatch.setattr(pseudolabels, "run_kmeans", lambda *a: pytest.fail("k-means ran"))
+    mine = {f"k{h}": (np.arange(128) * 7) % min(h, 5) for h in CLUSTERS}
+    path = _write(tmp_path / "mine.npz", **mine)
+    opts = RunOptions(results=tmp_path / "results", progress=False)
+    run_pretrain_stage(opts, Target("advcl", {"pseudo_labels_file": path}, preset="smoke", dataset="digits"))
+    (stage_dir,) = (tmp_path / "results" / "runs" / "pseudo_labels").iterdir()
+    saved = load_pseudo_labels(stage_dir / "labels.npz", 128, CLUSTERS)
+    assert all(torch.equal(saved[h], torch.from_numpy(mine[f"k{h}"])) for h in CLUSTERS)
+    assert len(list((tmp_path / "results" / "runs" / "pretrain").iterdir())) == 1  # no SimCLR encoder
+    _write(tmp_path / "short.npz", **{k: v[:100] for k, v in mine.items()})
+    with pytest.raises(ConfigError, match="short.npz: k2 has 100 labels but there are 128 pretraining images"):
+        run_pretrain_stage(opts, Target("advcl", {"pseudo_labels_file": str(tmp_path / "short.npz")},
+                                        preset="smoke", dataset="digits"))
 
 
 def _write(path, **arrays):
@@ -215,32 +243,63 @@ def _write(path, **arrays):
     return str(path)
 
 
-def test_user_pseudo_label_file(tmp_path):
-    good = {f"k{h}": np.arange(20) % min(h, 3) for h in CLUSTERS}
-    path = _write(tmp_path / "good.npz", **good)
-    m = get_method("advcl", pseudo_labels_file=path)
-    assert m.requires == () and get_method("advcl").requires == ("pseudo_labels",)
-    m.setup(16, torch.device("cpu"), {"n_images": 20})
-    assert m.labels.shape == (len(CLUSTERS), 20) and m.labels.dtype == torch.int64
+def _good(n: int = 20) -> dict[str, np.ndarray]:
+    return {f"k{h}": np.arange(n) % min(h, 3) for h in CLUSTERS}
 
-    with pytest.raises(ValueError, match=r"short.npz: k2 has 20 labels but there are 30 pretraining images"):
-        get_method("advcl", pseudo_labels_file=_write(tmp_path / "short.npz", **good)).setup(
-            16, torch.device("cpu"), {"n_images": 30}
-        )
-    bad_range = dict(good, k10=np.full(20, 10))
-    with pytest.raises(ValueError, match=r"range.npz: k10 labels must be in \[0, 10\), got values in \[10, 10\]"):
-        get_method("advcl", pseudo_labels_file=_write(tmp_path / "range.npz", **bad_range))
-    with pytest.raises(ValueError, match=r"neg.npz: k2 labels must be in \[0, 2\)"):
-        get_method("advcl", pseudo_labels_file=_write(tmp_path / "neg.npz", **dict(good, k2=-np.ones(20, int))))
-    with pytest.raises(ValueError, match=r"float.npz: k50 must hold integers"):
-        get_method("advcl", pseudo_labels_file=_write(tmp_path / "float.npz", **dict(good, k50=np.zeros(20))))
-    missing = {k: v for k, v in good.items() if k != "k500"}
-    with pytest.raises(ValueError, match=r"missing.npz: missing pseudo-label arrays k500"):
-        get_method("advcl", pseudo_labels_file=_write(tmp_path / "missing.npz", **missing))
+
+def test_pseudo_label_file_round_trip(tmp_path):
+    labels = load_pseudo_labels(_write(tmp_path / "good.npz", **_good()), 20, CLUSTERS)
+    assert sorted(labels) == sorted(CLUSTERS)
+    assert all(v.dtype == torch.int64 and v.shape == (20,) for v in labels.values())
+    assert torch.equal(labels[10], torch.arange(20) % 3)
+    assert load_pseudo_labels(tmp_path / "good.npz", None, CLUSTERS).keys() == labels.keys()  # n unchecked
+    save_pseudo_labels(tmp_path / "out" / "saved.npz", labels)  # int keys are written as k<h>
+    with np.load(tmp_path / "out" / "saved.npz") as f:
+        assert sorted(f.files) == sorted(f"k{h}" for h in CLUSTERS)
+    again = load_pseudo_labels(tmp_path / "out" / "saved.npz", 20, CLUSTERS)
+    assert all(torch.equal(again[h], labels[h]) for h in CLUSTERS)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["saved.npz"]  # no temporary left
+
+
+def test_bad_pseudo_label_files_are_refused_in_one_line(tmp_path):
+    good = _good()
+    cases = [
+        ("short.npz", good, 30, r"short.npz: k2 has 20 labels but there are 30 pretraining images"),
+        ("range.npz", dict(good, k10=np.full(20, 10)), 20,
+         r"range.npz: k10 labels must be in \[0, 10\), got values in \[10, 10\]"),
+        ("neg.npz", dict(good, k2=-np.ones(20, int)), 20, r"neg.npz: k2 labels must be in \[0, 2\)"),
+        ("float.npz", dict(good, k50=np.zeros(20)), 20, r"float.npz: k50 must hold integers"),
+        ("bool.npz", dict(good, k2=np.zeros(20, bool)), 20, r"bool.npz: k2 must hold integers"),
+        ("2d.npz", dict(good, k2=np.zeros((4, 5), int)), None, r"2d.npz: k2 must be 1-D"),
+        ("ragged.npz", dict(good, k500=np.zeros(19, int)), None, r"ragged.npz: the arrays have different lengths \[19, 20\]"),
+        ("missing.npz", {k: v for k, v in good.items() if k != "k500"}, 20,
+         r"missing.npz: missing pseudo-label arrays k500"),
+        ("object.npz", dict(good, k2=np.array([None] * 20, dtype=object)), 20, r"object.npz cannot be read as .npz"),
+    ]
+    for name, arrays, n, message in cases:
+        with pytest.raises(ConfigError, match=message) as e:
+            load_pseudo_labels(_write(tmp_path / name, **arrays), n, CLUSTERS)
+        assert "\n" not in str(e.value) and str(tmp_path / name) in str(e.value), name
     (tmp_path / "text.npz").write_text("not an archive")
-    with pytest.raises(ValueError, match=r"text.npz cannot be read"):
-        get_method("advcl", pseudo_labels_file=str(tmp_path / "text.npz"))
-    with pytest.raises(ValueError, match=r"nowhere.npz does not exist"):
-        get_method("advcl", pseudo_labels_file=str(tmp_path / "nowhere.npz"))
-    with pytest.raises(ValueError, match="needs pseudo-labels"):
+    with pytest.raises(ConfigError, match=r"text.npz cannot be read"):
+        load_pseudo_labels(tmp_path / "text.npz", 20, CLUSTERS)
+    np.save(tmp_path / "single.npy", np.zeros(20, int))
+    with pytest.raises(ConfigError, match=r"single.npy is not an .npz archive"):
+        load_pseudo_labels(tmp_path / "single.npy", 20, CLUSTERS)
+    with pytest.raises(ConfigError, match=r"nowhere.npz does not exist"):
+        load_pseudo_labels(tmp_path / "nowhere.npz", 20, CLUSTERS)
+    with pytest.raises(ValueError, match=r"the stage: k2 must hold integers"):  # ConfigError is a ValueError
+        check_pseudo_labels({f"k{h}": torch.zeros(3) for h in CLUSTERS}, 3, "the stage", CLUSTERS)
+
+
+def test_advcl_takes_its_labels_from_the_stage(tmp_path):
+    labels = {h: torch.from_numpy(v) for h, v in zip(CLUSTERS, _good().values())}
+    m = get_method("advcl", pseudo_labels_file=str(tmp_path / "mine.npz"))  # the stage reads the file
+    assert m.requires == ("pseudo_labels",)
+    m.setup(16, torch.device("cpu"), {"pseudo_labels": labels, "n_images": 20})
+    assert m.labels.shape == (len(CLUSTERS), 20) and m.labels.dtype == torch.int64
+    assert torch.equal(m.labels[1], labels[10])
+    with pytest.raises(ConfigError, match="the pseudo_labels stage: k2 has 20 labels but there are 30"):
+        get_method("advcl").setup(16, torch.device("cpu"), {"pseudo_labels": labels, "n_images": 30})
+    with pytest.raises(ConfigError, match="needs pseudo-labels"):
         get_method("advcl").setup(16, torch.device("cpu"), {"n_images": 20})

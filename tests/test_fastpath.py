@@ -8,41 +8,23 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import adaptive_lam_reference, pretrain_config, training
 
 from benchmark.augment import packed_copy, to_device
-from benchmark.config import get_preset
-from benchmark.perf import _fake_extras, _random_data
-from benchmark.pretrain import EpochLog, PretrainConfig, build_training
-from methods import get_method, list_methods
+from benchmark.pretrain import EpochLog
+from methods import list_methods
 from methods.advcl import AdaptiveIPWeight
-from methods.losses import _masks, _positive_sum, a_info_nce, info_nce
+from methods.losses import a_info_nce, info_nce
 
 META = torch.device("meta")
 
 
-def _method_names() -> list[str]:
-    return [m if isinstance(m, str) else m.name for m in list_methods()]
-
-
-def _training(name: str, compile: bool = False, device: torch.device = torch.device("cpu")):
-    """(config, Training) of ``name`` on 16 random smoke-sized images, batch 8."""
-    p = get_preset("smoke")
-    m = get_method(name, dataset=p.dataset)
-    data = _random_data(p.dataset, p.image_size, 16, 0)
-    cfg = PretrainConfig(
-        method=name, method_params={}, dataset=p.dataset, image_size=data.image_size,
-        backbone=p.backbone, seed=0, recipe=p.recipe(m.paper_recipe(p.dataset)).replace(batch_size=8),
-        precision="fp32", compile=compile,
-    )
-    return cfg, build_training(cfg, data, device, _fake_extras(m, 16, 0))
-
-
-@pytest.mark.parametrize("name", _method_names())
+@pytest.mark.parametrize("name", list_methods())
 def test_pretraining_step_never_reads_a_device_value(name):
     """On the meta device a tensor has no values: ``.item()``, ``bool()``, ``nonzero``, boolean
     indexing and every other host sync raise. A whole step (views, attack, loss, backward,
     optimiser, schedule, logs) must therefore run there, before and after AdvCL's lam warm-up."""
-    _, tr = _training(name, device=META)
+    tr = training(name, device=META)
     tr.model.train()
     log = EpochLog(2, META)
     warm = getattr(tr.method.params, "adaptive_epochs", None) or 0
@@ -59,11 +41,10 @@ def test_a_sync_would_be_caught_on_meta():
         torch.ones(3, device=META)[torch.ones(3, dtype=torch.bool, device=META)]
 
 
-@pytest.mark.parametrize("v,b", [(2, 2), (2, 5), (3, 4), (4, 3)])
-def test_positive_sum_equals_boolean_mask_sum(v, b):
-    m = torch.randn(v * b, v * b, dtype=torch.float64)
-    pos_mask = _masks(v, b, m.device)[2]
-    assert torch.equal(_positive_sum(m, v, b), m[pos_mask].sum())
+def _positive_mask(v: int, b: int) -> torch.Tensor:
+    """Row a = view * b + instance: a and c are positives when they show the same instance."""
+    idx = torch.arange(v * b)
+    return (idx[:, None] % b == idx[None, :] % b) & ~torch.eye(v * b, dtype=torch.bool)
 
 
 @pytest.mark.parametrize("hn", [None, (1.0, 0.1)])
@@ -81,31 +62,42 @@ def test_a_info_nce_takes_lam_as_a_device_tensor(hn):
         a_info_nce(z, ip=torch.tensor([0.3]))
 
 
-def test_info_nce_value_unchanged_by_the_gather():
-    z = F.normalize(torch.randn(3, 5, 7, dtype=torch.float64), dim=-1)
+@pytest.mark.parametrize("v,b", [(2, 2), (2, 5), (3, 4), (3, 5), (4, 3)])
+def test_info_nce_equals_the_boolean_mask_sum(v, b):
+    """The positives are gathered, not boolean-indexed (a host sync): same value as the mask sum."""
+    z = F.normalize(torch.randn(v, b, 7, dtype=torch.float64), dim=-1)
     zf = z.reshape(-1, 7)
     s = zf @ zf.T / 0.5
-    l_ab = s.masked_fill(torch.eye(15, dtype=torch.bool), -math.inf).logsumexp(1)[:, None] - s
-    pos = _masks(3, 5, z.device)[2]
-    assert torch.allclose(info_nce(z, 0.5), l_ab[pos].sum() / (3 * 5 * 2), rtol=0, atol=1e-12)
+    l_ab = s.masked_fill(torch.eye(v * b, dtype=torch.bool), -math.inf).logsumexp(1)[:, None] - s
+    pos = _positive_mask(v, b)
+    assert torch.allclose(info_nce(z, 0.5), l_ab[pos].sum() / (v * b * (v - 1)), rtol=0, atol=1e-12)
 
 
-def test_adaptive_lam_on_the_device_equals_the_host_rule():
-    host, dev = AdaptiveIPWeight(0.2, 2, 0.4), AdaptiveIPWeight(0.2, 2, 0.4)
+def test_adaptive_lam_on_the_device_equals_the_scalar_rule():
+    dev = AdaptiveIPWeight(0.2, 2, 0.4)
+    total, count = 0.0, 0  # the scalar reference's running sum (batch-size weighted)
     g = torch.Generator().manual_seed(0)
-    d_ts = (torch.rand(40, generator=g, dtype=torch.float64) * 1.2).tolist()
-    for k, d_t in enumerate(d_ts):
+    d_ts = torch.rand(40, generator=g, dtype=torch.float64) * 1.2
+    regimes = set()
+    for k, d_t in enumerate(d_ts.float()):  # float32 distances, as the step computes them
         epoch = 1 + k // 10
-        lam_h = host(d_t, 8, epoch)
-        lam_d = dev(torch.tensor(d_t, dtype=torch.float32), 8, epoch)
-        # the device path accumulates float32 d_t in float64, exactly as float() then Python did
-        assert float(lam_d) == pytest.approx(lam_h, abs=1e-6), (k, d_t)
-        if epoch > 2:
-            assert isinstance(lam_d, torch.Tensor)
-    assert dev.d_bar == pytest.approx(host.d_bar, rel=1e-6)
+        lam = dev(d_t, 8, epoch)
+        if epoch <= 2:  # warm-up: lam0, d_bar accumulates
+            total, count = total + float(d_t) * 8, count + 8
+            assert lam == 0.2
+            continue
+        ref = adaptive_lam_reference(float(d_t), total / count, 0.4, 0.2)
+        regimes.add(0.2 if ref == 0.2 else 0.5 if ref == 0.5 else "between")
+        assert isinstance(lam, torch.Tensor) and lam.dtype == torch.float64 and lam.ndim == 0
+        # float32 d_t accumulated in float64 on the device, exactly as float() then Python does
+        assert float(lam) == pytest.approx(ref, abs=1e-12), (k, float(d_t))
+    assert regimes == {0.2, 0.5, "between"}  # every branch of the rule was exercised
+    assert dev.d_bar == pytest.approx(total / count, rel=1e-12)
     resumed = AdaptiveIPWeight(0.2, 2, 0.4)
     resumed.load_state_dict(dev.state_dict())
-    assert float(resumed(torch.tensor(0.45), 8, 5)) == pytest.approx(host(0.45, 8, 5), abs=1e-6)
+    d_t = torch.tensor(0.45)
+    assert float(resumed(d_t, 8, 5)) == pytest.approx(adaptive_lam_reference(float(d_t), total / count, 0.4, 0.2),
+                                                      abs=1e-12)
 
 
 def test_packed_copy_round_trip():
@@ -134,10 +126,10 @@ def test_compiled_model_runs_the_same_steps(name, monkeypatch):
 
     eager_compile = pretrain.compile_model
     monkeypatch.setattr(pretrain, "compile_model", lambda model: eager_compile(model, backend="aot_eager"))
-    _, eager = _training(name)
-    cfg, compiled = _training(name, compile=True)
+    eager, compiled = training(name), training(name, compile=True)
     assert compiled.model.encoder._compiled_call_impl is not None
-    assert cfg.to_dict()["compile"] is True and "compile" not in _training(name)[0].to_dict()
+    assert pretrain_config(name, compile=True).to_dict()["compile"] is True
+    assert "compile" not in pretrain_config(name).to_dict()
     logs = EpochLog(2, torch.device("cpu")), EpochLog(2, torch.device("cpu"))
     for tr, log in zip((eager, compiled), logs):
         torch.manual_seed(1)

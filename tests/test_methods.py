@@ -1,60 +1,43 @@
-"""Registry behaviour and one training step of every registered method on synthetic data."""
+"""The method contract (abstract base, self-validating parameters, class-level requirements), the
+registry, one training step of every registered method, and a plugin method."""
 
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_step
 
 import methods
-from benchmark.data import make_synthetic
+from benchmark.errors import AcbenchError, ConfigError, UnknownName
 from benchmark.models import BackboneConfig
-from methods import UnknownMethod, get_method, list_methods, register_method
+from methods import UnknownMethod, get_method, list_methods, method_class, register_method
 from methods.acl import ACL
-from methods.base import Batch
+from methods.base import AdversarialParams, ContrastiveParams, Method, Recipe
 
 EXPECTED = {"simclr", "acl", "rocl", "rocl-ip", "rocl-hn", "rocl-iphn", "advcl", "advcl-ip", "advcl-hn", "advcl-iphn"}
-
-
-@pytest.fixture(scope="module")
-def data():
-    return make_synthetic(n_train=64, n_val=8, n_test=8, image_size=16)
-
-
-def step(name, data, **overrides):
-    torch.manual_seed(0)
-    m = get_method(name, **overrides)
-    model = m.build_model(BackboneConfig("resnet10-tiny", 3, data.mean, data.std))
-    n = 16
-    extras = {}
-    if "pseudo_labels" in m.requires:
-        from methods.advcl import CLUSTERS
-
-        extras["pseudo_labels"] = {k: torch.randint(0, min(k, 4), (len(data.pretrain_x),)) for k in CLUSTERS}
-    m.setup(16, torch.device("cpu"), {**extras, "n_images": len(data.pretrain_x)})
-    batch = Batch(data.pretrain_x[:n].float() / 255, torch.arange(n), epoch=1, epochs=1, step=0, extras=extras)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    model.train()
-    loss, logs = m.training_step(model, batch)
-    loss.backward()
-    return m, model, loss, logs, before
+PLUGIN = Path(__file__).parent / "plugins" / "my_method.py"
 
 
 def test_registry_lists_the_methods():
     assert EXPECTED <= set(list_methods())
+    assert list_methods() == sorted(list_methods())
+    assert all(method_class(name).name == name for name in list_methods())
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_one_training_step(name, data):
-    m, model, loss, logs, before = step(name, data)
-    assert torch.isfinite(loss) and loss.item() > 0
-    assert "loss" in logs
+@pytest.mark.parametrize("name", list_methods())
+def test_one_training_step(name):
+    s = one_step(name)
+    m, model = s.method, s.model
+    assert torch.isfinite(s.loss) and s.loss.item() > 0
+    assert "loss" in s.logs and all(isinstance(v, (torch.Tensor, float)) for v in s.logs.values())
     enc_grads = [p.grad for p in model.encoder.parameters()]
     assert all(g is not None for g in enc_grads[:3]) and any(g.abs().sum() > 0 for g in enc_grads if g is not None)
     # every BN branch the method trains got batch statistics
     changed = {b for b in m.branches
-               if any(not torch.equal(v, before[k]) for k, v in model.state_dict().items()
+               if any(not torch.equal(v, s.before[k]) for k, v in model.state_dict().items()
                       if f".bn.{b}.running_mean" in k)}
     expected = set(m.branches) if len(m.branches) > 1 else set()
     if len(m.branches) == 1:  # plain single branch: stats of "normal" move
@@ -64,17 +47,77 @@ def test_one_training_step(name, data):
     assert d["paper_recipe"]["epochs"] >= 1 and d["paper"] and d["summary"]
 
 
+# ---- the contract -------------------------------------------------------------------------------
+
+
+class _Half(Method):
+    """A method without its training_step."""
+
+    def paper_recipe(self, dataset=None):
+        return Recipe(epochs=1, batch_size=2, optimizer="sgd", lr=0.1)
+
+    def build_head(self, feature_dim):
+        return torch.nn.Identity()
+
+
+def test_method_is_abstract_and_an_incomplete_method_cannot_register():
+    with pytest.raises(TypeError):
+        Method()
+    with pytest.raises(TypeError, match="abstract"):
+        _Half()
+    with pytest.raises(TypeError, match="_Half does not implement training_step"):
+        register_method("half")(_Half)
+    assert "half" not in list_methods()
+    with pytest.raises(TypeError, match="must subclass methods.base.Method"):
+        register_method("not-a-method")(dict)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_requires_is_a_class_constant(name):
+    m = get_method(name)
+    assert "requires" not in vars(m) and m.requires == type(m).requires
+    assert m.requires == (("pseudo_labels",) if name.startswith("advcl") else ())
+
+
+def test_advcl_requires_its_stage_even_with_a_label_file(tmp_path):
+    m = get_method("advcl", pseudo_labels_file=str(tmp_path / "labels.npz"))  # read by the stage
+    assert m.requires == ("pseudo_labels",) and "requires" not in vars(m)
+
+
+def test_params_validate_themselves():
+    with pytest.raises(ConfigError, match="temperature must be > 0"):
+        ContrastiveParams(temperature=0.0)
+    with pytest.raises(ConfigError, match=r"eps must be in \(0, 1\), got 1.5"):
+        AdversarialParams(eps=1.5)
+    with pytest.raises(ConfigError, match=r"attack_step must be in \(0, 1\)"):
+        ACL.Params(attack_step=0.0)
+    with pytest.raises(ConfigError, match="attack_steps must be >= 1, got 0"):
+        method_class("rocl-ip").Params(attack_steps=0)
+    with pytest.raises(ConfigError, match=r"ip \(lambda\) must be in \[0, 1\]"):
+        method_class("advcl-iphn").Params(ip=2.0)
+    p = method_class("rocl").Params()
+    assert (p.temperature, p.eps, p.attack_step, p.attack_steps) == (0.5, 0.0314, 0.007, 7)
+    assert isinstance(p, AdversarialParams) and isinstance(method_class("simclr").Params(), ContrastiveParams)
+
+
 def test_get_method_overrides_and_errors():
     m = get_method("rocl-ip", ip=0.3)
     assert m.params.ip == 0.3 and m.params.adv_weight == 0.5
     with pytest.raises(UnknownMethod, match="did you mean 'rocl-ip'"):
         get_method("rocl_ip")
-    with pytest.raises(ValueError, match="has no parameter 'lambda'"):
+    with pytest.raises(KeyError):  # UnknownMethod is the registries' UnknownName, a KeyError
+        get_method("rocl_ip")
+    assert UnknownMethod is UnknownName
+    with pytest.raises(ConfigError, match="has no parameter 'lambda'"):
         get_method("rocl-ip", **{"lambda": 0.3})
-    with pytest.raises(ValueError, match="eps must be in"):
+    with pytest.raises(ConfigError, match="has no parameter 'temprature' \\(did you mean 'temperature'\\?\\)"):
+        get_method("acl", temprature=0.3)
+    with pytest.raises(ValueError, match="eps must be in"):  # ConfigError is a ValueError
         get_method("acl", eps=1.5)
     with pytest.raises(ValueError, match="ip"):
         get_method("rocl-ip", ip=1.5)
+    with pytest.raises(ConfigError, match="parameter 'attack_steps' must be int"):
+        get_method("acl", attack_steps="5")
 
 
 def test_dataset_specific_defaults():
@@ -89,8 +132,20 @@ def test_register_duplicate_name_is_an_error():
         class Other(ACL):
             pass
 
+    assert method_class("acl") is ACL and ACL.name == "acl"
 
-def test_rocl_loss_equals_info_nce_forms(data):
+
+def test_recipe_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="unknown optimizer 'lasr' \\(did you mean 'lars'\\?\\)"):
+        Recipe(epochs=1, batch_size=2, optimizer="lasr", lr=0.1)
+    with pytest.raises(ConfigError, match="batch_size must be >= 2"):
+        Recipe(epochs=1, batch_size=1, optimizer="sgd", lr=0.1)
+
+
+# ---- method details -----------------------------------------------------------------------------
+
+
+def test_rocl_loss_equals_info_nce_forms():
     """RoCL's contrast = 2 x info_nce on [t1, t2, adv]; rocl-ip's = 2 x a_info_nce(adv=(2,), ip, w)."""
     from methods.losses import a_info_nce, info_nce
 
@@ -102,38 +157,63 @@ def test_rocl_loss_equals_info_nce_forms(data):
     assert torch.allclose(plain.contrast(z), get_method("rocl").contrast(z))
 
 
-def test_acl_attack_uses_pgd_branch_and_no_weight_grads(data):
+def test_acl_attack_uses_pgd_branch_and_no_weight_grads():
     m = get_method("acl")
-    model = m.build_model(BackboneConfig("resnet10-tiny", 3, data.mean, data.std))
+    model = m.build_model(BackboneConfig("resnet10-tiny", 3))
     m.setup(16, torch.device("cpu"), {})
-    x = data.pretrain_x[:8].float() / 255
+    x = torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     t = torch.cat([m.views(x), m.views(x)])
     adv = m.adversarial_views(model, t, 8)
     assert all(p.grad is None for p in model.parameters())
     assert (adv - t).abs().max() <= 8 / 255 + 1e-6 and model.training
 
 
-def test_readme_plugin_example_runs(tmp_path, data, monkeypatch):
-    """The README's 'Add a method' example is real code that registers and trains."""
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    code = re.search(r"```python\n(# my_methods/acl_sym.py.*?)```", readme, re.S).group(1)
-    pkg = tmp_path / "my_methods"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "acl_sym.py").write_text(code)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    methods._REGISTRY.pop("acl-ip", None)
+# ---- plugins ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _GatherSpy:
+    shapes: list
+
+    def wrap(self, gather):
+        def spy(method, z):
+            self.shapes.append(tuple(z.shape))
+            return gather(method, z)
+
+        return spy
+
+
+def test_plugin_method_trains_one_step(monkeypatch):
+    """tests/plugins/my_method.py (the README's 'Add a method' example) registers a complete
+    method that trains, and hands the loss gathered embeddings (global negatives under torchrun)."""
+    monkeypatch.syspath_prepend(str(PLUGIN.parents[2]))  # the repository root, as for `python -m`
+    assert "adv-simclr" not in list_methods()
+    methods.load_plugin("tests.plugins.my_method")
     try:
-        methods.load_plugin("my_methods.acl_sym")
-        assert "acl-ip" in list_methods()
-        m, model, loss, logs, before = step("acl-ip", data)
-        assert torch.isfinite(loss)
+        assert "adv-simclr" in list_methods()
+        cls = method_class("adv-simclr")
+        spy = _GatherSpy([])
+        monkeypatch.setattr(cls, "gather", spy.wrap(cls.gather))
+        s = one_step("adv-simclr", attack_steps=2)
+        assert torch.isfinite(s.loss) and s.loss.item() > 0
+        assert all(p.grad is not None for p in s.model.encoder.parameters())
+        # 2 attack steps + the loss, each on [2 views, batch 8, 128]
+        assert spy.shapes == [(2, 8, 128)] * 3
+        with pytest.raises(ConfigError, match="eps must be in"):
+            get_method("adv-simclr", eps=2.0)
     finally:
-        methods._REGISTRY.pop("acl-ip", None)
-        sys.modules.pop("my_methods.acl_sym", None)
-        sys.modules.pop("my_methods", None)
+        methods.METHODS.unregister("adv-simclr")
+        sys.modules.pop("tests.plugins.my_method", None)
+
+
+def test_readme_add_a_method_example_is_the_plugin():
+    """The README shows tests/plugins/my_method.py verbatim, so its example is tested code."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Add a method", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert any(PLUGIN.read_text() in block for block in blocks)  # a path comment may precede it
 
 
 def test_plugin_import_error_is_clear():
-    with pytest.raises(ImportError, match="cannot import plugin module 'no_such_pkg.mod'"):
+    with pytest.raises(AcbenchError, match="cannot import plugin module 'no_such_pkg.mod'"):
         methods.load_plugin("no_such_pkg.mod")
