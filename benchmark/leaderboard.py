@@ -32,10 +32,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from attacks import attack_label
 from benchmark.leaderboard_reported import (
     ReportedIndex,
     ReportedNumber,
     find_reported,
+    load_reported,
     reported_index,
 )
 from benchmark.leaderboard_types import (
@@ -46,9 +48,6 @@ from benchmark.leaderboard_types import (
     Row,
     Table,
     attack_settings_key,
-    metric_label,
-    scheme_label,
-    scheme_sort_key,
 )
 from benchmark.records import (
     INVARIANT,
@@ -58,6 +57,18 @@ from benchmark.records import (
     RecordError,
     invariant_flags,
 )
+from benchmark.schemes import scheme_label, scheme_sort_key
+
+# load_reported is defined with the published numbers and offered here with the other input
+__all__ = [
+    "PROTOCOL_N_TEST",
+    "build_leaderboard",
+    "load_records",
+    "load_reported",
+    "record_flags",
+    "short_autoattack_warning",
+    "short_flag",
+]
 
 # The protocol's full test sets; a record evaluated on fewer images is flagged. Other datasets
 # (digits, synthetic) have no protocol size and are never flagged.
@@ -320,7 +331,7 @@ def _row_flags(
             add(text, [(s, seed)])
         for metric in metrics:
             if _num(rec.metrics.get(metric)) is None:
-                add(f"no {metric_label(metric)}", [(s, seed)])
+                add(f"no {attack_label(metric)}", [(s, seed)])
     if duplicates:
         add("duplicate runs, newest kept", duplicates)
     protocol = PROTOCOL_N_TEST.get(finetune_dataset)

@@ -91,11 +91,9 @@ class Table:
     @property
     def attacks_id(self) -> str:
         """Eight hex digits naming the attack settings ("" when the records carry none)."""
-        return (
-            hashlib.sha1(attack_settings_key(self.attacks).encode()).hexdigest()[:8]
-            if self.attacks
-            else ""
-        )
+        if not self.attacks:
+            return ""
+        return hashlib.sha1(attack_settings_key(self.attacks).encode()).hexdigest()[:8]
 
     @property
     def title(self) -> str:
@@ -142,7 +140,10 @@ class Table:
         if self.attacks:
             lines.append(
                 f"attacks {self.attacks_id}: "
-                + "; ".join(f"{spec} ({settings_text(s)})" for spec, s in self.attacks.items())
+                + "; ".join(
+                    f"{spec} ({settings_text(s)})" if s else spec
+                    for spec, s in self.attacks.items()
+                )
             )
         if self.show_reported:
             lines.append(
@@ -198,30 +199,3 @@ def settings_text(settings: Mapping[str, Any]) -> str:
             text = str(value)
         parts.append(f"{key}={text}")
     return ", ".join(parts)
-
-
-# Until the scheme and attack registries say it: the one place that knows their order and labels.
-_SCHEME_ORDER = ("slf", "alf", "aff")
-_METRIC_LABELS = {
-    "clean": "clean",
-    "pgd20": "PGD-20",
-    "autoattack": "AutoAttack",
-    "aa-lite": "AA-lite",
-}
-
-
-def scheme_sort_key(scheme: str) -> tuple[int, str]:
-    """Known schemes in protocol order, any other after them, alphabetically."""
-    known = scheme in _SCHEME_ORDER
-    return (_SCHEME_ORDER.index(scheme) if known else len(_SCHEME_ORDER), scheme)
-
-
-def scheme_label(scheme: str) -> str:
-    return scheme.upper()
-
-
-def metric_label(metric: str) -> str:
-    """Column label of a metric: the attack's label (``PGD-20``, ``CW``), else its name."""
-    if metric.startswith("ta:"):
-        return metric.split(":")[1]
-    return _METRIC_LABELS.get(metric, metric)

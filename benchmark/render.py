@@ -4,8 +4,9 @@ Each is a thin function of the board that ``benchmark.leaderboard`` builds; noth
 recomputes a number. Markdown is GitHub's (tabulate "github"); CSV has one row per (table,
 method) with numbers as numbers; JSON holds everything, cells with their seeds and values; the
 HTML page fills the templates in ``benchmark/templates/`` (every record-derived string escaped)
-and embeds the plots of ``benchmark.report`` as base64 PNG, so it opens from disk. Also here:
-:func:`robustbench_entry`, one record as a RobustBench model card.
+and embeds the plots of ``benchmark.report`` as base64 PNG, so it opens from disk;
+:func:`write_plots` writes the same plots as PNG files. Also here: :func:`robustbench_entry`, one
+record as a RobustBench model card.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import html
 import io
 import json
 from importlib.resources import files
+from pathlib import Path
 from string import Template
 from typing import Any
 
 from tabulate import tabulate
 
+from attacks import attack_label
 from benchmark.errors import check_choice
 from benchmark.leaderboard import PROTOCOL_N_TEST, record_flags
 from benchmark.leaderboard_types import (
@@ -29,12 +32,10 @@ from benchmark.leaderboard_types import (
     Cell,
     Leaderboard,
     Table,
-    metric_label,
-    scheme_label,
-    scheme_sort_key,
 )
 from benchmark.records import Record
 from benchmark.report import png_bytes, table_figures
+from benchmark.schemes import scheme_label, scheme_sort_key
 
 LEADERBOARD_SCHEMA = "acbench.leaderboard/1"
 FORMATS = ("md", "csv", "json", "html")
@@ -77,7 +78,7 @@ def table_cells(table: Table) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted rows of a table, as markdown and HTML show them."""
     headers = ["#", "method"]
     for s in table.schemes:
-        headers += [f"{scheme_label(s)} {metric_label(m)}" for m in table.metrics]
+        headers += [f"{scheme_label(s)} {attack_label(m)}" for m in table.metrics]
     headers.append("mean AA")
     if table.show_reported:
         for s in table.schemes:
@@ -302,6 +303,20 @@ def render_html(board: Leaderboard) -> str:
     return _template("leaderboard.html").substitute(
         tables="".join(tables) if tables else "<p>No records.</p>\n"
     )
+
+
+def write_plots(board: Leaderboard, out_dir: Path) -> list[Path]:
+    """Write each table's PNG plots into ``out_dir`` (created): ``<slug>_scatter.png`` (clean vs
+    AutoAttack) and ``<slug>_bars_<scheme>.png``; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for table in board.tables:
+        for stem, fig in table_figures(table):
+            path = out_dir / f"{stem}.png"
+            path.write_bytes(png_bytes(fig))
+            paths.append(path)
+    return paths
 
 
 # --------------------------------------------------------------------------------------------

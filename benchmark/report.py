@@ -3,8 +3,8 @@
 Per table: a scatter of clean vs AutoAttack accuracy (one point per method and scheme, error bars
 = sample std over seeds, reported numbers as hollow markers in paper tables), and per scheme a
 grouped bar chart (methods x clean / PGD-20 / AutoAttack / any other metric of the table).
-:func:`write_plots` writes them to files; ``benchmark.render``'s HTML page embeds them. matplotlib
-is imported only when a figure is drawn, so the text renderers do not load it.
+``benchmark.render`` writes them to PNG files and embeds them in its HTML page. matplotlib is
+imported only when a figure is drawn, so the text renderers do not load it.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 import io
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from benchmark.leaderboard_types import Leaderboard, Table, metric_label, scheme_label
+from attacks import attack_label
+from benchmark.leaderboard_types import Table
+from benchmark.schemes import scheme_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -154,7 +155,7 @@ def bars_figure(table: Table, scheme: str) -> Figure:
             yerr=errs,
             capsize=2,
             color=METRIC_COLORS.get(metric, others((j + 1) % others.N)),
-            label=metric_label(metric),
+            label=attack_label(metric),
         )
         if len(methods) <= 8:
             ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
@@ -183,17 +184,3 @@ def png_bytes(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return buf.getvalue()
-
-
-def write_plots(board: Leaderboard, out_dir: Path) -> list[Path]:
-    """Write each table's PNG plots into ``out_dir`` (created): ``<slug>_scatter.png`` (clean vs
-    AutoAttack) and ``<slug>_bars_<scheme>.png``; returns the paths written."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for table in board.tables:
-        for stem, fig in table_figures(table):
-            path = out_dir / f"{stem}.png"
-            path.write_bytes(png_bytes(fig))
-            paths.append(path)
-    return paths

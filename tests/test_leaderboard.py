@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.errors import ConfigError
-from benchmark.leaderboard import build_leaderboard, load_records
-from benchmark.leaderboard_reported import load_reported, shipped_reported_path
+from benchmark.errors import ConfigError, UnknownName
+from benchmark.leaderboard import build_leaderboard, load_records, load_reported
+from benchmark.leaderboard_reported import shipped_reported_path
 from benchmark.records import Flag, Record
-from benchmark.render import render, robustbench_entry
-from benchmark.report import write_plots
+from benchmark.render import render, robustbench_entry, write_plots
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -311,7 +310,8 @@ def test_load_reported_not_from_cwd(tmp_path, monkeypatch):
     with shipped_reported_path().open(newline="") as f:
         header, *rows = list(csv.reader(f))
     acl = next(row for row in rows if row[header.index("method")] == "ACL")
-    (tmp_path / "reported" / "mine.csv").write_text(",".join(header) + "\n" + ",".join(acl) + "\n")
+    with (tmp_path / "reported" / "mine.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([header, acl])
     mine = load_reported(tmp_path)
     assert len(mine) == 1 and [r.source for r in mine] == ["mine.csv"]
     assert mine[0] == dataclasses.replace(
@@ -349,6 +349,8 @@ def test_filters():
     assert all(t.schemes == ("slf",) for t in board.tables)
     assert not build_leaderboard(records, preset="smoke").tables
     assert "_No records._" in render(build_leaderboard([]), "md")
+    with pytest.raises(UnknownName, match="unknown format 'markdown'"):
+        render(build_leaderboard([]), "markdown")
 
 
 def test_robustbench_entry():
