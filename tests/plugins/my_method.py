@@ -1,6 +1,6 @@
 """A complete method in one file: SimCLR whose first view is attacked by PGD on the same loss.
 
-    acbench --plugin tests.plugins.my_method run --method adv-simclr --preset smoke
+    PYTHONPATH=. acbench --plugin tests.plugins.my_method run --method adv-simclr --preset smoke
 """
 
 from dataclasses import dataclass
