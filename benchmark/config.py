@@ -17,12 +17,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmark.schemes import EPS, SELECTIONS, FinetuneConfig, get_scheme, scheme_names  # noqa: F401
+from benchmark.errors import unknown
+from benchmark.schemes import EPS, FinetuneConfig, get_scheme
 from methods.base import Recipe
-
-# Finetuning configs and schemes live in benchmark.schemes (one file per scheme); the names below
-# are kept for modules that still import them from here.
-SCHEMES = tuple(scheme_names())  # built-in schemes only: call scheme_names() to see plugins too
 
 
 @dataclass(frozen=True)
@@ -106,7 +103,7 @@ def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}") from None
+        raise unknown("preset", name, PRESETS) from None
 
 
 def recipe_deviations(used: Recipe, paper: Recipe) -> list[str]:

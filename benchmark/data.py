@@ -25,7 +25,6 @@ file that exists but is not what it claims raises :class:`DataError` naming it.
 
 from __future__ import annotations
 
-import difflib
 import os
 import pickle
 from dataclasses import dataclass
@@ -35,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from benchmark.errors import AcbenchError, did_you_mean
 
 __all__ = [
     "DATASETS",
@@ -57,7 +58,7 @@ _DOWNLOAD_HINT = (
 )
 
 
-class DataError(Exception):
+class DataError(AcbenchError):
     """A clear, user-facing data problem (message names the directory / file and the fix)."""
 
 
@@ -161,9 +162,8 @@ def load_dataset(
         DataError: unknown name, data missing (with the fix), or a file that is not what it claims.
     """
     if name not in DATASETS:
-        close = difflib.get_close_matches(name.lower(), DATASETS, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise DataError(f"Unknown dataset {name!r}.{hint} Valid names: {', '.join(DATASETS)}.")
+        raise DataError(f"unknown dataset {name!r}{did_you_mean(name.lower(), DATASETS)}; "
+                        f"choose from {', '.join(DATASETS)}")
     if image_size is not None and image_size < 1:
         raise DataError(f"image_size must be a positive integer, got {image_size}")
     val = _DEFAULT_VAL[name] if val_size is None else val_size

@@ -1,68 +1,70 @@
-"""One pretraining run on several processes under torchrun (the building blocks are in
-:mod:`benchmark.ddp`)."""
+"""One pretraining run on several processes under torchrun: the stage runner of
+:mod:`benchmark.stage` for a collective stage (the building blocks are in :mod:`benchmark.ddp`).
+
+Every rank computes the same key; rank 0 decides whether the stage must run, takes the stage lock,
+writes the stage folder and ``done.json``; all ranks train; nothing else is written by the other
+ranks. Upstream stages that are themselves collective (the SimCLR pretraining behind AdvCL's
+pseudo-labels) run the same way on every rank; the others (k-means) run on rank 0 alone, and every
+rank then reads their outputs from the run store.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from benchmark.ddp import barrier, broadcast_object, device, is_main, local_only, on_main
+from benchmark.pipeline import METHOD_STAGES, Target
+from benchmark.stage import (
+    RunOptions,
+    Session,
+    Stage,
+    StageRun,
+    begin_config,
+    below,
+    execute,
+    key_of,
+    kinds,
+    run_once,
+    settle,
+)
 
-UPSTREAM_PRETRAINS: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
-    "pseudo_labels": (("simclr", {}),),
-}
 
-
-# ---- the pretrain stage on several processes ----------------------------------------------------
-
-
-def pretrain_stage(opts: Any, method: str, params: dict[str, Any], preset: Any, dataset: str, seed: int) -> str:
-    """:func:`benchmark.pipeline.pretrain_stage` for every rank of a torchrun job; returns the key.
-
-    Every rank computes the same key; rank 0 decides whether the stage must run, takes the stage
-    lock, writes the stage folder and ``done.json``; all ranks train; nothing else is written by
-    the other ranks. Upstream stages (AdvCL's pseudo-labels) run their pretraining on every rank,
-    the rest (k-means) on rank 0 alone; their outputs are broadcast.
-    """
-    from benchmark import pipeline
-    from benchmark.pretrain import run_pretrain
-    from benchmark.store import stage_key
-    from methods import get_method
-
-    m = get_method(method, dataset=dataset, **params)
+def run_collective(stage: Stage, opts: RunOptions, session: Session) -> str:
+    """:func:`benchmark.stage.run_once` for every rank of a torchrun job; returns the key."""
+    inner = below(stage, session)
     upstream: dict[str, str] = {}
-    extras: dict[str, Any] = {}
-    for need in m.requires:
-        for up_method, up_params in UPSTREAM_PRETRAINS.get(need, ()):
-            pretrain_stage(dataclasses.replace(opts, force=False), up_method, up_params, preset, dataset, seed)
+    for role, up in stage.upstream().items():
+        if up.collective:
+            upstream[role] = run_collective(up, opts, inner)
+        else:
+            def local(up: Stage = up) -> str:
+                with local_only():
+                    return run_once(up, opts, inner)
 
-        def upstream_stage(need: str = need) -> tuple[str, dict[str, Any]]:
-            with local_only():
-                return pipeline.UPSTREAM[need](opts, preset, dataset, seed)
-
-        key, ex = on_main(upstream_stage)
-        upstream[need] = key
-        extras.update(ex)
-    cfg = dataclasses.replace(
-        pipeline.pretrain_config(opts, method, params, preset, dataset, seed), extras_keys=upstream
-    )
-    key = stage_key("pretrain", cfg.to_dict(), upstream)
+            upstream[role] = on_main(local)
+    key = key_of(stage, opts, upstream)
     store = opts.store
-    if on_main(lambda: store.is_done("pretrain", key) and not opts.force):
+    force = settle(stage, session, key)
+    if on_main(lambda: store.is_done(stage.kind, key) and not force):
         return key
-    data = pipeline.dataset_for(opts, preset, dataset)
-    dev = device()
+    stage.prepare(opts, upstream)
+    run = StageRun(store.dir(stage.kind, key), key, upstream, opts, kinds(stage))
     if is_main():
-        with store.running("pretrain", key):
-            skip = store.is_done("pretrain", key) and not opts.force  # another job finished it meanwhile
-            d = None if skip else store.begin(
-                "pretrain", key, {"config": cfg.to_dict(), "upstream": upstream}, force=opts.force
-            )
+        with store.running(stage.kind, key):
+            skip = store.is_done(stage.kind, key) and not force  # another job finished it meanwhile
+            if not skip:
+                store.begin(stage.kind, key, begin_config(stage, opts, upstream), force=force)
             broadcast_object(skip)
             if not skip:
-                info = run_pretrain(cfg, data, d, dev, extras=extras, progress=opts.progress)
-                store.finish("pretrain", key, info)
+                store.finish(stage.kind, key, execute(stage, run))
     elif not broadcast_object(None):
-        run_pretrain(cfg, data, store.dir("pretrain", key), dev, extras=extras, progress=False)
+        execute(stage, run)  # writes nothing on ranks > 0
     barrier()  # done.json is written before any rank returns
     return key
+
+
+def pretrain(opts: RunOptions, target: Target) -> str:
+    """The pretrain stage of ``target`` on every rank of a torchrun job."""
+    opts = dataclasses.replace(opts, device=str(device()))  # this rank's GPU, not "auto"
+    session = Session(force=METHOD_STAGES if opts.force else frozenset())
+    return run_collective(target.pretrain(opts), opts, session)

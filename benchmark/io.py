@@ -17,12 +17,14 @@ from typing import Any
 
 import torch
 
+from benchmark.errors import AcbenchError
+
 FORMAT_VERSION = 1
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(AcbenchError, ValueError):
     """A checkpoint that cannot be used: unsafe, corrupt, of another kind or version."""
 
 

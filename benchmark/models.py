@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from benchmark.errors import AcbenchError, unknown
+
 # name -> (blocks per stage, width of the first stage)
 BACKBONES: dict[str, tuple[tuple[int, int, int, int], int]] = {
     "resnet18": ((2, 2, 2, 2), 64),  # the paper backbone (512-d features)
@@ -35,7 +37,7 @@ class BackboneConfig:
 
     def __post_init__(self) -> None:
         if self.name not in BACKBONES:
-            raise ValueError(f"unknown backbone {self.name!r}; choose one of {sorted(BACKBONES)}")
+            raise unknown("backbone", self.name, sorted(BACKBONES))
 
     @property
     def feature_dim(self) -> int:
@@ -220,7 +222,7 @@ class Classifier(nn.Module):
         return self.fc(self.encoder(x))
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(AcbenchError, ValueError):
     """Raised when weights do not fit the model they are loaded into."""
 
 

@@ -21,8 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 import benchmark.ddp as distributed
-from benchmark.data import Dataset
 from benchmark.checkpoints import ENCODER
+from benchmark.data import Dataset
+from benchmark.devices import resolve_precision
+from benchmark.errors import AcbenchError, ConfigError
 from benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
 from benchmark.models import BackboneConfig, ContrastiveModel
 from benchmark.optim import build_optimizer, warmup_cosine_lambda
@@ -32,8 +34,7 @@ from methods.base import Batch, Method, Recipe
 LAST = "last.pt"
 
 
-
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(AcbenchError, RuntimeError):
     """The loss or the weights became NaN/inf; the last good checkpoint is kept."""
 
 
@@ -69,14 +70,6 @@ class PretrainConfig:
 def training_options(cfg: PretrainConfig, device: torch.device) -> dict[str, Any]:
     """How the pretraining ran, beyond its precision (stored in every record)."""
     return {"compile": cfg.compile, "channels_last": device.type == "cuda"}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    return precision
 
 
 def compile_model(model: ContrastiveModel, backend: str = "inductor") -> None:
@@ -191,7 +184,7 @@ def build_training(
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1:  # torchrun: SyncBN on every BN branch, identical replicas
         if batch_size % world:
-            raise ValueError(f"the global batch {batch_size} does not split over {world} processes")
+            raise ConfigError(f"the global batch {batch_size} does not split over {world} processes")
         model = distributed.convert_sync_batchnorm(model)
         distributed.broadcast_module(model)
     if cfg.compile:  # last: compiles the final modules (SyncBN included)

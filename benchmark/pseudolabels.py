@@ -1,42 +1,43 @@
-"""The ``pseudo_labels`` stage: AdvCL's k-means pseudo-labels, made by acbench itself.
+"""The ``pseudo_labels`` stage: AdvCL's pseudo-labels, made by acbench or read from a user's file.
 
 AdvCL's released code clusters the features of an ImageNet-pretrained SimCLR and ships the labels
-for CIFAR-10 only. acbench pretrains ``simclr`` on the same data, preset and seed (the pretrain
-stage, so the run store shares that encoder), extracts backbone features of ``data.pretrain_x``
-(after the preset's ``train_limit``; eval mode, "normal" branch) and runs k-means (scikit-learn,
-``n_init=3``, ``random_state=seed``) for each k in :data:`methods.advcl.CLUSTERS`.
+for CIFAR-10 only. By default acbench pretrains ``simclr`` on the same data, preset and seed (the
+pretrain stage, so the run store shares that encoder), extracts backbone features of
+``data.pretrain_x`` (after the preset's ``train_limit``; eval mode, "normal" branch) and runs
+k-means (scikit-learn, ``n_init=3``, ``random_state=seed``) for each k in
+:data:`methods.advcl.CLUSTERS`.
 
 Small datasets: k is capped at ``max(2, n // 10)`` clusters for n images (at least ~10 images per
 cluster), e.g. 128 smoke images give k = 2, 10, 12, 12, 12; the digits ``quick`` preset's 1,257
 images give 2, 10, 50, 100, 125. Labels keep the nominal key (``k500`` holds the labels of the
 head ``fc_500`` whatever the cap) and the caps are recorded in ``done.json`` (``clusters``).
 
-The artifact is ``<results>/runs/pseudo_labels/<key>/labels.npz`` (one int64 array per k, keys
-``k2``, ``k10``, ...), with key = stage_key(this config, the SimCLR pretrain key). Every AdvCL-family
-run on the same data, preset and seed reuses it. ``--force`` on a method re-runs the method's own
-stages only; delete this stage's folder to rebuild the labels.
+With the method parameter ``pseudo_labels_file`` (an ``.npz`` with one integer array per k, keys
+``k2`` ... ``k500``, aligned with the training split) the stage checks and copies that file
+instead; its key holds the file's SHA-256, so editing the file makes a new stage.
+
+The artifact is ``<results>/runs/pseudo_labels/<key>/labels.npz``. Every AdvCL-family run on the
+same data, preset and seed reuses it (a shared stage: ``--force`` on a method never rebuilds it;
+delete its folder to rebuild the labels).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
-import time
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from benchmark.config import Preset
-from benchmark.finetune import load_encoder
-from benchmark.io import atomic_write_bytes
-from benchmark.pipeline import UPSTREAM, RunOptions, dataset_for, pretrain_stage
-from benchmark.pretrain import ENCODER
-from benchmark.store import stage_key
-from methods.advcl import CLUSTERS, check_pseudo_labels
+from benchmark.checkpoints import ENCODER, load_encoder
+from benchmark.errors import ConfigError
+from benchmark.labels import check_pseudo_labels, load_pseudo_labels, save_pseudo_labels
+from benchmark.stage import RunOptions, Stage, StageRun, dataset_for
+from benchmark.stages import UPSTREAM, PretrainStage
+from methods.advcl import CLUSTERS
 
-STAGE = "pseudo_labels"
 LABELS = "labels.npz"
 CAP_DIVISOR = 10  # at most n / 10 clusters (at least ~10 images per cluster on average)
 KMEANS = {"n_init": 3, "max_iter": 300}
@@ -50,7 +51,7 @@ def cluster_counts(n: int) -> dict[int, int]:
 
 def run_kmeans(features: np.ndarray, k: int, seed: int) -> np.ndarray:
     """k-means labels (int64) of the rows of ``features``."""
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # heavy, and only this stage needs it
 
     km = KMeans(n_clusters=k, random_state=seed, **KMEANS)
     return km.fit_predict(features).astype(np.int64)
@@ -78,40 +79,68 @@ def make_pseudo_labels(features: np.ndarray, seed: int) -> tuple[dict[str, np.nd
     return labels, {"clusters": {f"k{k}": c for k, c in counts.items()}}
 
 
-def pseudo_label_stage(
-    opts: RunOptions, preset: Preset, dataset: str, seed: int
-) -> tuple[str, dict[str, Any]]:
-    """Make (or reuse) the pseudo-labels; returns (key, {"pseudo_labels": {k: LongTensor}})."""
-    opts = dataclasses.replace(opts, force=False)  # --force never rebuilds shared upstream stages
-    simclr_key = pretrain_stage(opts, "simclr", {}, preset, dataset, seed)
-    data = dataset_for(opts, preset, dataset)
-    images = data.pretrain_x[: preset.train_limit] if preset.train_limit else data.pretrain_x
-    n = len(images)
-    config = {
-        "encoder": "simclr", "dataset": dataset, "seed": seed, "image_size": preset.image_size,
-        "train_limit": preset.train_limit, "clusters": list(CLUSTERS), "cap_divisor": CAP_DIVISOR,
-        "kmeans": KMEANS, "features": "backbone, eval mode, BN branch normal",
-    }
-    upstream = {"pretrain": simclr_key}
-    key = stage_key(STAGE, config, upstream)
-    store = opts.store
-    if not store.is_done(STAGE, key):
-        with store.lock(STAGE, key):
-            if not store.is_done(STAGE, key):
-                t0 = time.time()
-                d = store.begin(STAGE, key, {**config, "upstream": upstream})
-                feats = encoder_features(
-                    store.dir("pretrain", simclr_key) / ENCODER, images, opts.torch_device()
-                )
-                labels, info = make_pseudo_labels(feats, seed)
-                buf = io.BytesIO()
-                np.savez(buf, **labels)
-                atomic_write_bytes(d / LABELS, buf.getvalue())
-                store.finish(STAGE, key, {**info, "n_images": n, "seconds": time.time() - t0})
-    path = store.dir(STAGE, key) / LABELS
-    with np.load(path, allow_pickle=False) as archive:
-        labels = check_pseudo_labels({k: archive[k] for k in archive.files}, n, str(path))
-    return key, {"pseudo_labels": labels}
+def _sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as e:
+        raise ConfigError(f"cannot read pseudo-label file {path}: {e.strerror or e}") from None
 
 
-UPSTREAM[STAGE] = pseudo_label_stage
+@dataclass(frozen=True)
+class PseudoLabelStage(Stage):
+    kind = "pseudo_labels"
+    shared = True
+
+    consumer: PretrainStage  # the AdvCL-family pretraining that needs the labels
+
+    @property
+    def file(self) -> str | None:
+        return self.consumer.params.get("pseudo_labels_file")
+
+    def images(self) -> torch.Tensor:
+        c = self.consumer
+        data = dataset_for(c.opts, c.dataset, c.preset.image_size)
+        return data.pretrain_x[: c.preset.train_limit] if c.preset.train_limit else data.pretrain_x
+
+    def simclr(self) -> PretrainStage:
+        c = self.consumer
+        return PretrainStage(c.opts, "simclr", {}, c.preset, c.dataset, c.seed)
+
+    def upstream(self) -> dict[str, Stage]:
+        return {} if self.file else {"pretrain": self.simclr()}
+
+    def config(self) -> dict[str, Any]:
+        c = self.consumer
+        if self.file:
+            return {"source": "file", "sha256": _sha256(Path(self.file)), "dataset": c.dataset,
+                    "train_limit": c.preset.train_limit, "clusters": list(CLUSTERS)}
+        return {
+            "encoder": "simclr", "dataset": c.dataset, "seed": c.seed, "image_size": c.preset.image_size,
+            "train_limit": c.preset.train_limit, "clusters": list(CLUSTERS), "cap_divisor": CAP_DIVISOR,
+            "kmeans": KMEANS, "features": "backbone, eval mode, BN branch normal",
+        }
+
+    def prepare(self, opts: RunOptions, upstream: dict[str, str]) -> None:
+        if self.file:
+            load_pseudo_labels(self.file, len(self.images()), CLUSTERS)
+
+    def run(self, run: StageRun) -> dict[str, Any]:
+        images = self.images()
+        if self.file:
+            labels = load_pseudo_labels(self.file, len(images), CLUSTERS)
+            save_pseudo_labels(run.dir / LABELS, {f"k{k}": v.numpy() for k, v in labels.items()})
+            return {"source": str(self.file), "n_images": len(images)}
+        feats = encoder_features(run.upstream_dir("pretrain") / ENCODER, images, run.opts.torch_device())
+        labels, info = make_pseudo_labels(feats, self.consumer.seed)
+        save_pseudo_labels(run.dir / LABELS, labels)
+        return {**info, "n_images": len(images)}
+
+    def outputs(self, opts: RunOptions, key: str) -> dict[str, Any]:
+        """What the consumer gets: ``{"pseudo_labels": {k: LongTensor}}``."""
+        path = opts.store.dir(self.kind, key) / LABELS
+        with np.load(path, allow_pickle=False) as archive:
+            raw = {k: archive[k] for k in archive.files}
+        return {"pseudo_labels": check_pseudo_labels(raw, len(self.images()), str(path), CLUSTERS)}
+
+
+UPSTREAM.register("pseudo_labels")(PseudoLabelStage)

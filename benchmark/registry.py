@@ -55,6 +55,11 @@ class Registry(Generic[T]):
 
         return deco
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (tests and interactive sessions that re-register a plugin)."""
+        self._items.pop(name, None)
+        self._meta.pop(name, None)
+
     def _load(self) -> None:
         if self._loaded:
             return

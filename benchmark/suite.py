@@ -14,10 +14,13 @@ failed job is reported with its log and the rest of the grid goes on.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
-import difflib
+import functools
+import multiprocessing as mp
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -27,19 +30,26 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from benchmark.config import PRESETS, SCHEMES, SELECTIONS, get_preset
+from attacks import check_attack_spec
+from benchmark.config import PRESETS, get_preset
 from benchmark.data import DATASETS
+from benchmark.errors import AcbenchError, ConfigError, did_you_mean
+from benchmark.pipeline import Target, record_path, run_pretrain_stage, run_scheme, session_for
+from benchmark.records import Record
+from benchmark.schemes import SELECTIONS, scheme_names
+from benchmark.stage import RunOptions
+from methods import list_methods, method_class
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-ATTACKS = ("pgd20", "autoattack", "aa-lite")
-EXECUTORS = ("local", "pool", "submitit-local", "slurm")
+Report = Callable[[dict[str, Any]], None]
+EXECUTOR_NAMES = ("local", "pool", "submitit-local", "slurm")
 
 
-class SuiteError(ValueError):
+class SuiteError(ConfigError):
     """A suite file or option that cannot run; raised before anything runs."""
 
 
@@ -59,7 +69,7 @@ class Suite:
     methods: tuple[str, ...] = ("all",)
     datasets: tuple[str, ...] = ()  # empty: the preset's dataset
     seeds: tuple[int, ...] = (0,)
-    schemes: tuple[str, ...] = SCHEMES
+    schemes: tuple[str, ...] = ()  # empty: every registered scheme
     attacks: tuple[str, ...] = ("pgd20", "autoattack")
     selection: str = "last"
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
@@ -68,9 +78,10 @@ class Suite:
     slurm: SlurmOptions = SlurmOptions()
 
     def resolved_methods(self) -> tuple[str, ...]:
-        from methods import list_methods
-
         return tuple(list_methods()) if self.methods == ("all",) else self.methods
+
+    def resolved_schemes(self) -> tuple[str, ...]:
+        return self.schemes or tuple(scheme_names())
 
     def resolved_datasets(self) -> tuple[str, ...]:
         return self.datasets or (get_preset(self.preset).dataset,)
@@ -79,9 +90,7 @@ class Suite:
 def _choice(key: str, values: Sequence[str], valid: Sequence[str]) -> tuple[str, ...]:
     for v in values:
         if v not in valid:
-            close = difflib.get_close_matches(str(v), list(valid), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SuiteError(f"{key}: unknown value {v!r}{hint}; choose from {', '.join(valid)}")
+            raise SuiteError(f"{key}: unknown value {v!r}{did_you_mean(v, valid)}; choose from {', '.join(valid)}")
     return tuple(values)
 
 
@@ -104,14 +113,11 @@ def _as_list(key: str, value: Any, kind: type) -> list:
 
 def build_suite(fields: dict[str, Any], where: str = "suite") -> Suite:
     """Validate raw fields (from a suite file and/or the command line) into a :class:`Suite`."""
-    from methods import UnknownMethod, list_methods, method_class
-
     known = {f.name for f in dataclasses.fields(Suite)}
     for key in fields:
         if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SuiteError(f"{where}: unknown key {key!r}{hint}; known keys: {', '.join(sorted(known))}")
+            raise SuiteError(f"{where}: unknown key {key!r}{did_you_mean(key, sorted(known))}; "
+                             f"known keys: {', '.join(sorted(known))}")
     out: dict[str, Any] = {}
     if "preset" in fields:
         out["preset"] = _choice("preset", [fields["preset"]], list(PRESETS))[0]
@@ -121,7 +127,7 @@ def build_suite(fields: dict[str, Any], where: str = "suite") -> Suite:
             for m in methods:
                 try:
                     method_class(m)
-                except UnknownMethod as e:
+                except AcbenchError as e:
                     raise SuiteError(f"methods: {e}") from None
         out["methods"] = tuple(methods)
     if "datasets" in fields:
@@ -132,13 +138,19 @@ def build_suite(fields: dict[str, Any], where: str = "suite") -> Suite:
             raise SuiteError(f"seeds: expected distinct non-negative integers, got {seeds}")
         out["seeds"] = tuple(seeds)
     if "schemes" in fields:
-        out["schemes"] = _choice("schemes", _as_list("schemes", fields["schemes"], str), SCHEMES)
+        out["schemes"] = _choice("schemes", _as_list("schemes", fields["schemes"], str), scheme_names())
     if "attacks" in fields:
-        out["attacks"] = _choice("attacks", _as_list("attacks", fields["attacks"], str), ATTACKS)
+        attacks = _as_list("attacks", fields["attacks"], str)
+        for a in attacks:
+            try:
+                check_attack_spec(a)
+            except AcbenchError as e:
+                raise SuiteError(f"attacks: {e}") from None
+        out["attacks"] = tuple(attacks)
     if "selection" in fields:
         out["selection"] = _choice("selection", [fields["selection"]], SELECTIONS)[0]
     if "executor" in fields:
-        out["executor"] = _choice("executor", [fields["executor"]], EXECUTORS)[0]
+        out["executor"] = _choice("executor", [fields["executor"]], EXECUTOR_NAMES)[0]
     if "jobs" in fields:
         jobs = fields["jobs"]
         if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
@@ -199,77 +211,68 @@ class Job:
         return f"{self.kind} {self.method} {self.dataset} s{self.seed}{tail}"
 
 
-def run_job(opts, suite: Suite, job: Job, threads: int | None = None) -> dict[str, Any]:
-    """Run one job; never raises: returns {"ok": bool, ...} so a failure does not stop the grid."""
-    import torch
+def target_of(suite: Suite, job: Job) -> Target:
+    return Target(job.method, dict(suite.params.get(job.method, {})), get_preset(suite.preset), job.dataset,
+                  job.seed, tuple(suite.attacks), suite.selection)
 
-    from benchmark.pipeline import (
-        evaluate_stage,
-        finetune_stage,
-        make_record,
-        pretrain_stage,
-        record_path,
-        write_record,
-    )
 
-    if threads:
-        torch.set_num_threads(threads)
+def run_job(opts: RunOptions, suite: Suite, job: Job) -> dict[str, Any]:
+    """Run one job; never raises: returns {"ok": bool, ...} so a failure does not stop the grid.
+
+    With ``--force``, a pretrain job rebuilds the pretraining and a scheme job its finetuning and
+    evaluation (the pretraining was rebuilt by its own job, once).
+    """
     t0 = time.time()
-    preset = get_preset(suite.preset)
-    params = suite.params.get(job.method, {})
+    target = target_of(suite, job)
     try:
-        pre = pretrain_stage(opts, job.method, params, preset, job.dataset, job.seed)
         if job.kind == "pretrain":
-            return {"ok": True, "job": job.name, "seconds": time.time() - t0, "key": pre}
-        attacks = tuple(dict.fromkeys(("clean", *suite.attacks)))
-        fin = finetune_stage(opts, pre, job.scheme, preset, job.dataset, job.seed, suite.selection)
-        ev = evaluate_stage(opts, fin, attacks, preset, job.dataset)
-        rec = make_record(opts, job.method, params, preset, job.dataset, job.seed, job.scheme,
-                          suite.selection, {"pretrain": pre, "finetune": fin, "evaluate": ev})
-        write_record(opts, rec)
-        path = record_path(opts.results, rec)
-        return {"ok": True, "job": job.name, "seconds": time.time() - t0, "record": str(path)}
+            key = run_pretrain_stage(opts, target, session_for(opts, frozenset({"pretrain"})))
+            return {"ok": True, "job": job.name, "seconds": time.time() - t0, "key": key}
+        rec = run_scheme(opts, target, job.scheme, session_for(opts, frozenset({"finetune", "evaluate"})))
+        return {"ok": True, "job": job.name, "seconds": time.time() - t0,
+                "record": str(record_path(opts.results, rec))}
     except Exception as e:  # reported, the grid goes on
         return {"ok": False, "job": job.name, "seconds": time.time() - t0,
                 "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
 
 
-class JobFailed(RuntimeError):
+class JobFailed(AcbenchError):
     """A job of ``acbench run --jobs N`` failed (its message holds the cause)."""
 
 
-def run_schemes_in_pool(opts, method: str, params: dict[str, Any], preset: str, dataset: str, seed: int,
-                        schemes: Sequence[str], attacks: Sequence[str], selection: str, jobs: int) -> list[dict]:
-    """Finetune + evaluate each scheme of one pretrained method in ``jobs`` worker processes."""
-    import json
-
-    suite = Suite(preset=preset, methods=(method,), datasets=(dataset,), seeds=(seed,), schemes=tuple(schemes),
-                  attacks=tuple(a for a in attacks if a != "clean"), selection=selection,
-                  params={method: dict(params)}, executor="pool", jobs=min(jobs, len(schemes)))
+def run_method(opts: RunOptions, target: Target, schemes: Sequence[str], jobs: int = 1) -> list[Record]:
+    """One method end to end: pretrain once, then finetune + evaluate each scheme, in this process
+    (``jobs == 1``) or in ``jobs`` worker processes; returns the records in ``schemes`` order."""
+    suite = Suite(preset=target.preset.name, methods=(target.method,), datasets=(target.dataset,),
+                  seeds=(target.seed,), schemes=tuple(schemes),
+                  attacks=tuple(a for a in target.attacks if a != "clean"), selection=target.selection,
+                  params={target.method: dict(target.params)}, executor="pool" if jobs > 1 else "local",
+                  jobs=max(1, min(jobs, len(schemes))))
+    if suite.preset not in PRESETS or get_preset(suite.preset) != target.preset:
+        raise ConfigError(f"preset {target.preset.name!r} is not a registered preset")
     results: dict[str, dict] = {}
-    _pool(opts, suite, [Job("scheme", method, dataset, seed, sc) for sc in schemes],
-          lambda r: results.__setitem__(r["job"], r))
-    records = []
-    for sc in schemes:
-        r = results[Job("scheme", method, dataset, seed, sc).name]
-        if not r["ok"]:
-            raise JobFailed(f"{r['job']} failed: {r['error']}")
-        records.append(json.loads(Path(r["record"]).read_text()))
-    return records
+    grid = layers(suite)
+    for layer in grid:
+        EXECUTORS[suite.executor](opts, suite, layer, lambda r: results.__setitem__(r["job"], r))
+        for job in layer:
+            r = results[job.name]
+            if not r["ok"]:
+                raise JobFailed(f"{r['job']} failed: {r['error']}")
+    return [Record.load(Path(results[j.name]["record"])) for j in grid[1]]
 
 
 def layers(suite: Suite) -> list[list[Job]]:
     grid = [(m, d, s) for m in suite.resolved_methods() for d in suite.resolved_datasets() for s in suite.seeds]
     return [
         [Job("pretrain", m, d, s) for m, d, s in grid],
-        [Job("scheme", m, d, s, sc) for m, d, s in grid for sc in suite.schemes],
+        [Job("scheme", m, d, s, sc) for m, d, s in grid for sc in suite.resolved_schemes()],
     ]
 
 
-# ---- executors ------------------------------------------------------------------------------
+# ---- executors: each runs a list of jobs and reports every result ------------------------------
 
 
-def _local(opts, suite, jobs, report):
+def _local(opts: RunOptions, suite: Suite, jobs: list[Job], report: Report) -> None:
     for job in jobs:
         report(run_job(opts, suite, job))
 
@@ -280,7 +283,6 @@ def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     Otherwise the workers of a killed ``acbench`` wait forever on a queue whose write end they
     hold themselves, each keeping its memory.
     """
-    import threading
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -290,22 +292,18 @@ def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="acbench-parent-watch", daemon=True).start()
 
 
-def _pool(opts, suite, jobs, report):
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    threads = max(1, (os.cpu_count() or 1) // suite.jobs)  # no more threads than cores in all
+def _pool(opts: RunOptions, suite: Suite, jobs: list[Job], report: Report) -> None:
     ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
     quiet = dataclasses.replace(opts, progress=False)  # one overall bar, not one per worker
     with cf.ProcessPoolExecutor(max_workers=suite.jobs, mp_context=ctx, initializer=_exit_with_parent,
                                 initargs=(os.getpid(),)) as pool:
-        futures = [pool.submit(run_job, quiet, suite, job, threads) for job in jobs]
+        futures = [pool.submit(run_job, quiet, suite, job) for job in jobs]
         for fut in cf.as_completed(futures):
             report(fut.result())
 
 
-def _submitit(opts, suite, jobs, report, cluster: str):
-    import submitit
+def _submitit(opts: RunOptions, suite: Suite, jobs: list[Job], report: Report, cluster: str = "local") -> None:
+    import submitit  # only the submitit executors need it
 
     folder = Path(opts.results) / "runs" / "_submitit" / "%j"
     ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
@@ -331,8 +329,20 @@ def _submitit(opts, suite, jobs, report, cluster: str):
         report(result)
 
 
-def run_suite(opts, suite: Suite, progress: bool = True, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every missing stage of the suite's grid, then write the leaderboard. Returns a summary."""
+EXECUTORS: dict[str, Callable[[RunOptions, Suite, list[Job], Report], None]] = {
+    "local": _local,
+    "pool": _pool,
+    "submitit-local": _submitit,
+    "slurm": functools.partial(_submitit, cluster="slurm"),
+}
+
+
+def run_suite(opts: RunOptions, suite: Suite, progress: bool = True,
+              echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every missing stage of the suite's grid. Returns a summary (jobs, failures, seconds).
+
+    One progress bar counts the jobs of the whole grid (done / total, with an ETA).
+    """
     t0 = time.time()
     grid_layers = layers(suite)
     total = sum(len(j) for j in grid_layers)
@@ -351,17 +361,12 @@ def run_suite(opts, suite: Suite, progress: bool = True, echo: Callable[[str], N
 
     for i, jobs in enumerate(grid_layers):
         if i == 1:  # skip schemes whose pretraining failed
-            skipped = [j for j in jobs if (j.method, j.dataset, j.seed) in failed_pretrain]
-            for j in skipped:
-                report({"ok": False, "job": j.name, "seconds": 0.0, "error": "skipped: its pretraining failed"})
+            for j in jobs:
+                if (j.method, j.dataset, j.seed) in failed_pretrain:
+                    report({"ok": False, "job": j.name, "seconds": 0.0, "error": "skipped: its pretraining failed"})
             jobs = [j for j in jobs if (j.method, j.dataset, j.seed) not in failed_pretrain]
         before = len(results)
-        if suite.executor == "local":
-            _local(opts, suite, jobs, report)
-        elif suite.executor == "pool":
-            _pool(opts, suite, jobs, report)
-        else:
-            _submitit(opts, suite, jobs, report, "slurm" if suite.executor == "slurm" else "local")
+        EXECUTORS[suite.executor](opts, suite, jobs, report)
         if i == 0:
             names = {j.name: j for j in jobs}
             for r in results[before:]:
@@ -369,21 +374,5 @@ def run_suite(opts, suite: Suite, progress: bool = True, echo: Callable[[str], N
                     j = names[r["job"]]
                     failed_pretrain.add((j.method, j.dataset, j.seed))
     bar.close()
-    written = write_suite_leaderboard(opts.results, suite.preset)
     failures = [r for r in results if not r["ok"]]
-    return {"seconds": time.time() - t0, "jobs": len(results), "failed": len(failures),
-            "failures": failures, "leaderboard": [str(p) for p in written]}
-
-
-def write_suite_leaderboard(results: Path, preset: str) -> list[Path]:
-    from benchmark.io import atomic_write_text
-    from benchmark.leaderboard import build_leaderboard, load_records, load_reported, render
-
-    records, _ = load_records(Path(results))
-    board = build_leaderboard(records, load_reported(Path(results)), preset=preset)
-    out = []
-    for fmt, name in (("md", "leaderboard.md"), ("csv", "leaderboard.csv")):
-        path = Path(results) / name
-        atomic_write_text(path, render(board, fmt))
-        out.append(path)
-    return out
+    return {"seconds": time.time() - t0, "jobs": len(results), "failed": len(failures), "failures": failures}

@@ -25,7 +25,9 @@ from attacks import get_attack
 from benchmark import load_classifier
 from benchmark.cli import main
 from benchmark.config import EPS, PRESETS
-from benchmark.pipeline import RunOptions, dataset_for
+from benchmark.stage import RunOptions, dataset_for
+from benchmark.stages import FinetuneStage, PretrainStage
+from benchmark.stage import run_once
 
 ROOT = Path(__file__).parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -71,7 +73,7 @@ def smoke_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smoke_data():
-    return dataset_for(RunOptions(), PRESETS["smoke"], "digits")
+    return dataset_for(RunOptions(), "digits", PRESETS["smoke"].image_size)
 
 
 # ---- methods ------------------------------------------------------------------------------------
@@ -104,7 +106,7 @@ def test_run_writes_three_records_with_the_protocol_schema(smoke_run):
     for rec in printed:
         path = results / "records" / "smoke" / "digits-digits" / "simclr" / f"seed0_{rec['scheme']}.json"
         assert json.loads(path.read_text()) == rec
-        assert rec["schema"] == "acbench.record/1"
+        assert rec["schema"] == "acbench.record/2"
         assert (rec["method"], rec["dataset"], rec["finetune_dataset"], rec["preset"]) == (
             "simclr", "digits", "digits", "smoke")
         assert rec["seed"] == 0 and rec["selection"] == "last" and rec["backbone"] == "resnet10-tiny"
@@ -114,7 +116,7 @@ def test_run_writes_three_records_with_the_protocol_schema(smoke_run):
         for k in ("clean", "pgd20"):
             assert isinstance(m[k], float) and 0 <= m[k] <= 100
         assert m["autoattack"] is None  # not run: null, never a string
-        assert m["pgd20"] <= m["clean"] or any(f.startswith("invariant") for f in rec["flags"])
+        assert m["pgd20"] <= m["clean"] or any(f["kind"] == "invariant" for f in rec["flags"])
         assert rec["n_test"] == PRESETS["smoke"].eval.n_test
         assert rec["threat_model"] == "Linf" and rec["eps"] == pytest.approx(EPS, abs=1e-7)
         assert isinstance(rec["flags"], list)
@@ -227,7 +229,7 @@ def test_plugin_method_runs_in_process(tmp_path, monkeypatch):
                                  *SMOKE, "--json", "--results", tmp_path / "results").stdout)
         assert Path(info["checkpoint"]).is_file()
     finally:
-        methods._REGISTRY.pop("my-simclr-inproc", None)
+        methods.METHODS.unregister("my-simclr-inproc")
         sys.modules.pop("acb_test_plugin_inproc", None)
 
 
@@ -244,14 +246,13 @@ def test_autoattack_equals_pyautoattack(smoke_run, smoke_data):
     (the images before it are misclassified already and cost nothing)."""
     from pyautoattack import AutoAttack
 
-    from benchmark.pipeline import finetune_stage
-
     results, printed = smoke_run
     smoke = PRESETS["smoke"]
     longer = dataclasses.replace(
         smoke, finetune={**smoke.finetune, "slf": dict(epochs=20, batch_size=32, lr=2.0, milestones=())})
     opts = RunOptions(results=results, progress=False)
-    key = finetune_stage(opts, printed[0]["stages"]["pretrain"], "slf", longer, "digits", 0)
+    pre = PretrainStage(opts, "simclr", {}, smoke, "digits", 0)
+    key = run_once(FinetuneStage(pre, "slf", longer, "digits", 0), opts)
     model = load_classifier(opts.store.dir("finetune", key) / "classifier.pt")
     x, y = smoke_data.test_x[:32].float() / 255, smoke_data.test_y[:32]
     with torch.no_grad():

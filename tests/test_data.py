@@ -162,7 +162,7 @@ def test_unknown_name_suggests() -> None:
     with pytest.raises(DataError) as e:
         load_dataset("cifar-10")
     msg = str(e.value)
-    assert "Did you mean 'cifar10'" in msg
+    assert "did you mean 'cifar10'" in msg
     assert all(n in msg for n in DATASETS)
 
 

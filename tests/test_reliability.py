@@ -32,8 +32,10 @@ from benchmark.config import PRESETS
 from benchmark.io import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from benchmark.leaderboard import load_records
 from benchmark.models import BackboneConfig, CheckpointMismatch, Classifier
-from benchmark.pipeline import RunOptions, pretrain_stage
-from benchmark.pretrain import ENCODER, LAST, NonFiniteLoss
+from benchmark.checkpoints import ENCODER, load_encoder
+from benchmark.pipeline import Target, run_pretrain_stage
+from benchmark.pretrain import LAST, NonFiniteLoss
+from benchmark.stage import RunOptions
 from methods.simclr import SimCLR
 
 ROOT = Path(__file__).parents[1]
@@ -407,7 +409,6 @@ def test_classifier_of_another_model_names_keys(tmp_path, store_template):
 
 
 def test_encoder_missing_keys_named(tmp_path, store_template):
-    from benchmark.finetune import load_encoder
 
     path = tmp_path / "encoder.pt"
     shutil.copyfile(encoder_of(store_template), path)
@@ -504,7 +505,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, nan_method):
     preset = dataclasses.replace(PRESETS["smoke"], pretrain_epochs=3)
     opts = RunOptions(results=tmp_path / "results", progress=False)
     with pytest.raises(NonFiniteLoss, match=r"at epoch 2, step 1/\d+.*last good checkpoint \(epoch 1\)"):
-        pretrain_stage(opts, nan_method, {}, preset, "digits", 0)
+        run_pretrain_stage(opts, Target(nan_method, {}, preset, "digits", 0))
     _check_kept_epoch1(tmp_path / "results")
 
 
@@ -588,9 +589,9 @@ def test_killed_runs_never_leave_corrupt_files(tmp_path):
     _check_store(results)
     records, warnings = load_records(results)
     assert not warnings
-    assert sorted(r["scheme"] for r in records) == ["aff", "alf", "slf"]
+    assert sorted(r.scheme for r in records) == ["aff", "alf", "slf"]
     for r in records:
-        assert isinstance(r["metrics"]["clean"], float) and isinstance(r["metrics"]["pgd20"], float)
-        load_classifier(results / r["checkpoint"])
+        assert isinstance(r.metrics["clean"], float) and isinstance(r.metrics["pgd20"], float)
+        load_classifier(results / r.checkpoint)
     # nothing is written outside --results (run from another working directory)
     assert list(cwd.iterdir()) == []

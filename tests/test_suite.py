@@ -24,11 +24,12 @@ import dataclasses, sys, torch
 torch.set_num_threads(1)
 from pathlib import Path
 from benchmark.config import PRESETS
-from benchmark.pipeline import RunOptions, run_method
+from benchmark.pipeline import Target, run_scheme
+from benchmark.stage import RunOptions
 preset = dataclasses.replace(PRESETS["smoke"], name="smoke", pretrain_epochs=3)
 opts = RunOptions(results=Path(sys.argv[1]), progress=False)
-recs = run_method(opts, "acl", {}, preset, "digits", 0, ("slf",), ("pgd20",))
-print(recs[0]["metrics"])
+rec = run_scheme(opts, Target("acl", {}, preset, "digits", 0, ("pgd20",)), "slf")
+print(rec.metrics)
 """
 
 

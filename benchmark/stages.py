@@ -1,0 +1,152 @@
+"""The pipeline's stages: pretraining, finetuning and evaluation (pseudo-labels and other
+upstream stages of a method live in their own modules and register in :data:`UPSTREAM`).
+
+    pretrain (method, dataset, seed) [+ what the method requires] -> finetune (scheme) -> evaluate
+
+Each is a :class:`benchmark.stage.Stage` run by :func:`benchmark.stage.run_once`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from benchmark.checkpoints import CLASSIFIER, ENCODER, load_classifier, load_encoder
+from benchmark.config import Preset
+from benchmark.devices import resolve_precision
+from benchmark.evaluate import evaluate_classifier
+from benchmark.finetune import run_finetune
+from benchmark.pretrain import PretrainConfig, run_pretrain
+from benchmark.registry import Registry
+from benchmark.stage import RunOptions, Stage, StageRun, dataset_for
+from methods import get_method
+
+# upstream stages a method may require (``Method.requires``): name -> factory(pretrain stage) -> Stage.
+# Each factory's module registers itself; the built-in ones are listed here.
+UPSTREAM: Registry[Callable[[PretrainStage], Stage]] = Registry(
+    "upstream stage", builtins=("benchmark.pseudolabels",), entry_points="acbench.stages"
+)
+
+
+@dataclass(frozen=True)
+class PretrainStage(Stage):
+    kind = "pretrain"
+    collective = True
+
+    opts: RunOptions
+    method: str
+    params: dict[str, Any]
+    preset: Preset
+    dataset: str
+    seed: int
+
+    def pretrain_config(self) -> PretrainConfig:
+        m = get_method(self.method, dataset=self.dataset, **self.params)
+        opts = self.opts
+        return PretrainConfig(
+            method=self.method, method_params=dict(self.params), dataset=self.dataset,
+            image_size=self.preset.image_size, backbone=self.preset.backbone, seed=self.seed,
+            recipe=self.preset.recipe(m.paper_recipe(self.dataset)), train_limit=self.preset.train_limit,
+            precision=resolve_precision(opts.precision, opts.torch_device()), compile=opts.compile,
+        )
+
+    def upstream(self) -> dict[str, Stage]:
+        m = get_method(self.method, dataset=self.dataset, **self.params)
+        return {need: UPSTREAM.get(need)(self) for need in m.requires}
+
+    def config(self) -> dict[str, Any]:
+        return self.pretrain_config().to_dict()
+
+    def data(self):
+        return dataset_for(self.opts, self.dataset, self.preset.image_size)
+
+    def prepare(self, opts: RunOptions, upstream: dict[str, str]) -> None:
+        self.data()
+
+    def extras(self, upstream: dict[str, str]) -> dict[str, Any]:
+        """The inputs the method gets from its upstream stages (e.g. ``pseudo_labels``)."""
+        out: dict[str, Any] = {}
+        for role, stage in self.upstream().items():
+            out.update(stage.outputs(self.opts, upstream[role]))
+        return out
+
+    def run(self, run: StageRun) -> dict[str, Any]:
+        cfg = dataclasses.replace(self.pretrain_config(), extras_keys=run.upstream)
+        return run_pretrain(cfg, self.data(), run.dir, self.opts.torch_device(),
+                            extras=self.extras(run.upstream), progress=self.opts.progress)
+
+    def describe(self) -> str:
+        return f"pretrain {self.method} {self.dataset} s{self.seed}"
+
+
+@dataclass(frozen=True)
+class FinetuneStage(Stage):
+    kind = "finetune"
+
+    pretrain: Stage  # a PretrainStage, or any stage that leaves an encoder.pt
+    scheme: str
+    preset: Preset
+    dataset: str
+    seed: int
+    selection: str = "last"
+
+    def upstream(self) -> dict[str, Stage]:
+        return {"pretrain": self.pretrain}
+
+    def finetune_config(self):
+        return self.preset.finetune_config(self.scheme, self.dataset, self.selection)
+
+    def config(self) -> dict[str, Any]:
+        return {"finetune": self.finetune_config().to_dict(), "dataset": self.dataset, "seed": self.seed,
+                "train_limit": self.preset.train_limit}
+
+    def prepare(self, opts: RunOptions, upstream: dict[str, str]) -> None:
+        dataset_for(opts, self.dataset, self.preset.image_size)
+        load_encoder(opts.store.dir(self.pretrain.kind, upstream["pretrain"]) / ENCODER)
+
+    def run(self, run: StageRun) -> dict[str, Any]:
+        opts = run.opts
+        data = dataset_for(opts, self.dataset, self.preset.image_size)
+        return run_finetune(run.upstream_dir("pretrain") / ENCODER, self.finetune_config(), data, run.dir,
+                            opts.torch_device(), self.seed, train_limit=self.preset.train_limit,
+                            progress=opts.progress)
+
+    def describe(self) -> str:
+        return f"{self.pretrain.describe()} -> {self.scheme}"
+
+
+@dataclass(frozen=True)
+class EvaluateStage(Stage):
+    kind = "evaluate"
+
+    finetune: FinetuneStage
+    attacks: tuple[str, ...]
+    preset: Preset
+    dataset: str
+
+    def upstream(self) -> dict[str, Stage]:
+        return {"finetune": self.finetune}
+
+    def config(self) -> dict[str, Any]:
+        return {"attacks": list(self.attacks), "eval": dataclasses.asdict(self.preset.eval),
+                "dataset": self.dataset}
+
+    def prepare(self, opts: RunOptions, upstream: dict[str, str]) -> None:
+        dataset_for(opts, self.dataset, self.preset.image_size)
+        load_classifier(opts.store.dir("finetune", upstream["finetune"]) / CLASSIFIER)
+
+    def run(self, run: StageRun) -> dict[str, Any]:
+        opts, ev = run.opts, self.preset.eval
+        data = dataset_for(opts, self.dataset, self.preset.image_size)
+        device = opts.torch_device()
+        n = ev.n_test or len(data.test_x)
+        model = load_classifier(run.upstream_dir("finetune") / CLASSIFIER, device)
+        x = data.test_x[:n].to(device).float() / 255
+        y = data.test_y[:n].to(device)
+        result = evaluate_classifier(model, x, y, list(self.attacks), ev, progress=opts.progress)
+        return {**result, "n_test": int(len(x))}
+
+    def describe(self) -> str:
+        return f"{self.finetune.describe()} eval {'+'.join(self.attacks)}"
