@@ -133,7 +133,9 @@ def _check_ip(ip: float | Tensor | None) -> float | Tensor | None:
         return None
     if isinstance(ip, Tensor):  # checked by shape only: reading its value would sync the device
         if ip.dim() != 0 or not ip.is_floating_point():
-            raise ValueError(f"ip as a tensor must be a 0-d float tensor, got shape {tuple(ip.shape)}, {ip.dtype}")
+            raise ValueError(
+                f"ip as a tensor must be a 0-d float tensor, got shape {tuple(ip.shape)}, {ip.dtype}"
+            )
         return ip
     try:
         lam = float(ip)
@@ -435,8 +437,10 @@ def a_info_nce(
             m = torch.where(cross, w * big_l, big_l)
         else:
             # l^sg: row a sees detached copies of every other embedding (z_a . sg(z_b)).
-            l_sg = big_l if detach_contrast else _loss_matrix(
-                zf, zf.detach(), masks, n_pos, n_neg, t, hn_, form
+            l_sg = (
+                big_l
+                if detach_contrast
+                else _loss_matrix(zf, zf.detach(), masks, n_pos, n_neg, t, hn_, form)
             )
             # alpha_ab = lam if the anchor a is clean, 1 - lam if it is adversarial, so that on a
             # cross pair M_ab = w * (alpha_ab l^sg_ab + alpha_ba l^sg_ba), which is the spec's
