@@ -44,11 +44,11 @@ def encoder_path(tmp_path_factory):
 @pytest.fixture
 def isolated_schemes(monkeypatch):
     """The scheme registry as it is now, restored after the test (plugins registered in it vanish)."""
-    SCHEMES.names()  # load the built-ins before the snapshot
-    monkeypatch.setattr(SCHEMES, "_items", dict(SCHEMES._items))
-    monkeypatch.setattr(SCHEMES, "_meta", dict(SCHEMES._meta))
+    before = set(SCHEMES.names())  # loads the built-ins first
     monkeypatch.syspath_prepend(str(ROOT))
     yield SCHEMES
+    for name in set(SCHEMES.names()) - before:
+        SCHEMES.unregister(name)
     sys.modules.pop(PLUGIN, None)
 
 

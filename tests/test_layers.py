@@ -32,7 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "runners": ("benchmark.suite", "benchmark.distributed"),
     "reports": ("benchmark.leaderboard", "benchmark.leaderboard_types", "benchmark.leaderboard_reported",
                 "benchmark.render", "benchmark.report", "benchmark.perf", "benchmark.perf_measure"),
-    "cli": ("benchmark.cli",),
+    "cli": ("benchmark.cli", "benchmark.cli_common"),
 }
 ORDER = list(LAYERS)
 

@@ -491,7 +491,7 @@ class NanAtEpoch2(SimCLR):
 def nan_method():
     methods.register_method(NAN_METHOD)(NanAtEpoch2)
     yield NAN_METHOD
-    methods._REGISTRY.pop(NAN_METHOD, None)
+    methods.METHODS.unregister(NAN_METHOD)
 
 
 def _check_kept_epoch1(results: Path) -> None:
