@@ -1,9 +1,10 @@
-"""AutoAttack (Croce & Hein, ICML 2020) through the ``pyautoattack`` package.
+"""``autoattack`` and ``aa-lite``: AutoAttack (Croce & Hein, ICML 2020) through ``pyautoattack``.
 
 ``pyautoattack`` is PyPI's packaging of the reference AutoAttack code. Its reliability checks
 (randomised defence, logits range, dynamic model, too few classes, Square more successful than
 the gradient attacks) emit warnings; they are captured and exposed as ``last_warnings`` so that
-evaluation writes them into the record.
+evaluation writes them into the record. ``aa-lite`` (APGD-CE + APGD-T) is for development and is
+never labelled AutoAttack.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
-from attacks.base import check_images, eval_mode
+from attacks.base import ATTACKS, check_images, check_options, dataclass_options, eval_mode
+from benchmark.errors import ConfigError
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 LITE = ("apgd-ce", "apgd-t")
@@ -40,11 +43,20 @@ class AutoAttackLinf:
     batch_size: int = 500
     last_warnings: list[str] = field(default_factory=list)
 
+    whole_set = True  # batches internally and attacks only the points still classified correctly
+
     def __post_init__(self) -> None:
         if not 0 < self.eps < 1:
-            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+            raise ConfigError(f"eps must be in (0, 1), got {self.eps}")
         if self.version not in ("standard", "lite"):
-            raise ValueError(f"AutoAttack version must be 'standard' or 'lite', got {self.version!r}")
+            raise ConfigError(f"AutoAttack version must be 'standard' or 'lite', got {self.version!r}")
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "eps": self.eps, "norm": "Linf", "version": self.version, "seed": self.seed,
+            "batch_size": self.batch_size, "attacks": list(STANDARD if self.version == "standard" else LITE),
+            "package": "pyautoattack",
+        }
 
     def build(self, model: nn.Module, device: torch.device | str):
         from pyautoattack import AutoAttack
@@ -74,3 +86,22 @@ class AutoAttackLinf:
         msgs = [str(w.message) for w in caught] + handler.messages
         self.last_warnings = list(dict.fromkeys(m.strip() for m in msgs if m.strip()))
         return x_adv.detach()
+
+
+def _eval_options(cfg: Any) -> dict[str, Any]:
+    return {"eps": cfg.eps, "seed": cfg.seed, "batch_size": cfg.batch_size}
+
+
+_OPTIONS = dataclass_options(AutoAttackLinf, exclude=("version", "last_warnings"))
+
+
+@ATTACKS.register("autoattack", label="AutoAttack", threat_model="Linf", order=2, eval_options=_eval_options)
+def autoattack(**options: Any) -> AutoAttackLinf:
+    """AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), L-inf eps 8/255."""
+    return AutoAttackLinf(version="standard", **check_options("autoattack", options, _OPTIONS))
+
+
+@ATTACKS.register("aa-lite", label="AA-lite", threat_model="Linf", order=3, eval_options=_eval_options)
+def aa_lite(**options: Any) -> AutoAttackLinf:
+    """APGD-CE + APGD-T only: for development, never reported as AutoAttack."""
+    return AutoAttackLinf(version="lite", **check_options("aa-lite", options, _OPTIONS))

@@ -1,15 +1,58 @@
-"""Shared pieces of every attack: input checks, model mode handling, projection."""
+"""Shared pieces of every attack: the registry, input checks, model mode handling, projection.
+
+An attack is a callable ``(model, x, y) -> x_adv`` on float images in [0, 1] (the model maps
+them to logits and normalises inside). It is built by a factory registered in :data:`ATTACKS`::
+
+    @ATTACKS.register("fgsm", label="FGSM", threat_model="Linf",
+                      eval_options=lambda cfg: {"eps": cfg.eps})
+    def fgsm(**options) -> Attack: ...
+
+Registry metadata (all optional except ``label``):
+
+- ``label``: the column label in tables ("PGD-20", "AutoAttack", ...);
+- ``threat_model``: ``"Linf"``, ``"L2"``, ... or ``None`` (no perturbation budget);
+- ``eval_options``: ``cfg -> dict``, the factory options taken from the evaluation config
+  (anything with ``eps``, ``seed`` and ``batch_size``, e.g. ``benchmark.config.EvalConfig``);
+- ``order``: where the attack comes in :func:`attacks.attack_names` (weakest first);
+- ``argument``: set for a family of attacks (``ta`` = torchattacks): a spec names a member,
+  ``NAME:MEMBER[:key=value...]``, and the factory is called as ``factory(MEMBER, **options)``.
+
+An attack object may also have ``whole_set = True`` (evaluation hands it the whole test set at
+once instead of batches, e.g. AutoAttack, which batches internally and attacks only the points
+still classified correctly), ``last_warnings`` (reliability warnings of its last call, written into
+the record) and ``settings() -> dict`` (every parameter it runs with, JSON-serialisable).
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
+from benchmark.errors import AcbenchError, ConfigError, unknown
+from benchmark.registry import Registry
 
-class AttackInputError(ValueError):
+Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _check_factory(obj: Any) -> None:
+    if not callable(obj):
+        raise TypeError(f"an attack factory must be callable, got {obj!r}")
+
+
+ATTACKS: Registry[Callable[..., Attack]] = Registry(
+    "attack",
+    builtins=("attacks.clean", "attacks.pgd", "attacks.autoattack", "attacks.zoo"),
+    entry_points="acbench.attacks",
+    check=_check_factory,
+)
+
+
+class AttackInputError(AcbenchError, ValueError):
     """Images handed to an attack are not what every attack assumes (float, in [0, 1])."""
 
 
@@ -20,6 +63,21 @@ def check_images(x: torch.Tensor) -> None:
         raise AttackInputError(
             f"attacks take images in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]"
         )
+
+
+def check_options(attack: str, options: dict[str, Any], allowed: list[str]) -> dict[str, Any]:
+    """``options`` if every key is in ``allowed``, else an "unknown <attack> option" error."""
+    for key in options:
+        if key not in allowed:
+            if not allowed:
+                raise ConfigError(f"attack {attack!r} takes no options, got {sorted(options)}")
+            raise unknown(f"{attack} option", key, allowed)
+    return options
+
+
+def dataclass_options(cls: type, exclude: tuple[str, ...] = ()) -> list[str]:
+    """The constructor arguments of dataclass ``cls`` (the options its factory accepts)."""
+    return [f.name for f in dataclasses.fields(cls) if f.init and f.name not in exclude]
 
 
 @contextlib.contextmanager

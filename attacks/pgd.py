@@ -1,14 +1,25 @@
-"""L-inf PGD against a classifier (Madry et al., ICLR 2018)."""
+"""``pgd20``: L-inf PGD against a classifier (Madry et al., ICLR 2018)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attacks.base import check_images, eval_mode, project_linf, random_start
+from attacks.base import (
+    ATTACKS,
+    check_images,
+    check_options,
+    dataclass_options,
+    eval_mode,
+    project_linf,
+    random_start,
+)
+from benchmark.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -28,11 +39,11 @@ class PGD:
 
     def __post_init__(self) -> None:
         if not 0 < self.eps < 1:
-            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+            raise ConfigError(f"eps must be in (0, 1), got {self.eps}")
         if not 0 < self.alpha < 1:
-            raise ValueError(f"step size must be in (0, 1), got {self.alpha}")
+            raise ConfigError(f"step size must be in (0, 1), got {self.alpha}")
         if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         check_images(x)
@@ -41,6 +52,17 @@ class PGD:
             gen = torch.Generator(device=x.device).manual_seed(self.seed)
         with eval_mode(model):
             return perturb_ce(model, x, y, self.eps, self.alpha, self.steps, self.random_start, gen)
+
+    def settings(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "norm": "Linf", "loss": "cross-entropy", "model_mode": "eval"}
+
+
+@ATTACKS.register(
+    "pgd20", label="PGD-20", threat_model="Linf", order=1, eval_options=lambda cfg: {"eps": cfg.eps, "seed": cfg.seed}
+)
+def pgd20(**options: Any) -> PGD:
+    """PGD-20 of the protocol: eps 8/255, step 2/255, 20 steps, random start, seed 0."""
+    return PGD(**check_options("pgd20", options, dataclass_options(PGD)))
 
 
 def perturb_ce(

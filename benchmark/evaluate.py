@@ -1,8 +1,9 @@
-"""Evaluation of a finetuned classifier: clean, PGD-20 and AutoAttack accuracy (fp32).
+"""Evaluation of a finetuned classifier: accuracy under each attack spec (fp32).
 
-Attacks come from :func:`attacks.get_attack`, so a record's number is exactly what that callable
-gives on ``load_classifier(checkpoint)``. Invariant autoattack <= pgd20 <= clean is checked and a
-violation is flagged, never hidden.
+Attacks come from :func:`attacks.get_attack` with the options their registry entry takes from the
+:class:`EvalConfig` (eps, seed, batch size), so a record's number is exactly what that callable
+gives on ``load_classifier(checkpoint)``, and the settings it ran with are recorded beside it.
+Invariant autoattack <= pgd20 <= clean is checked and a violation is flagged, never hidden.
 """
 
 from __future__ import annotations
@@ -14,49 +15,27 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from attacks import get_attack
+from attacks import attack_settings, check_attack_spec, eval_options, get_attack
 from benchmark.config import EvalConfig
-
-ORDER = ("autoattack", "aa-lite", "pgd20", "clean")  # stronger first
-
-
-def attack_options(name: str, cfg: EvalConfig) -> dict[str, Any]:
-    if name == "clean":
-        return {}
-    if name == "pgd20":
-        return {"eps": cfg.eps, "seed": cfg.seed}
-    return {"eps": cfg.eps, "seed": cfg.seed, "batch_size": cfg.batch_size}
+from benchmark.records import ATTACK_WARNING, Flag, invariant_flags
 
 
 def robust_accuracy(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, name: str, cfg: EvalConfig
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: str, cfg: EvalConfig
 ) -> tuple[float, list[str]]:
-    """Accuracy (percent) of ``model`` on ``get_attack(name)`` examples, and the attack's warnings."""
-    attack = get_attack(name, **attack_options(name, cfg))
-    if name in ("autoattack", "aa-lite"):
-        x_adv = attack(model, x, y)  # AutoAttack batches internally and only attacks robust points
-        batches = [(x_adv, y)]
+    """Accuracy (percent) of ``model`` on ``get_attack(spec)`` examples, and the attack's warnings."""
+    attack = get_attack(spec, **eval_options(spec, cfg))
+    bs = cfg.batch_size
+    if getattr(attack, "whole_set", False):
+        batches = [(attack(model, x, y), y)]  # e.g. AutoAttack: batches itself, attacks robust points only
     else:
-        batches = [
-            (attack(model, x[i : i + cfg.batch_size], y[i : i + cfg.batch_size]), y[i : i + cfg.batch_size])
-            for i in range(0, len(x), cfg.batch_size)
-        ]
+        batches = [(attack(model, x[i : i + bs], y[i : i + bs]), y[i : i + bs]) for i in range(0, len(x), bs)]
     correct = 0
     with torch.no_grad():
         for xa, yb in batches:
-            for j in range(0, len(xa), cfg.batch_size):
-                correct += (model(xa[j : j + cfg.batch_size]).argmax(1) == yb[j : j + cfg.batch_size]).sum().item()
+            for j in range(0, len(xa), bs):
+                correct += (model(xa[j : j + bs]).argmax(1) == yb[j : j + bs]).sum().item()
     return 100.0 * correct / len(x), list(getattr(attack, "last_warnings", []))
-
-
-def invariant_flags(metrics: dict[str, float | None]) -> list[str]:
-    """Flags for violations of autoattack <= pgd20 <= clean among the metrics present."""
-    present = [(k, metrics[k]) for k in ("autoattack", "pgd20", "clean") if metrics.get(k) is not None]
-    return [
-        f"invariant: {a} {va:.2f} > {b} {vb:.2f}"
-        for (a, va), (b, vb) in zip(present, present[1:])
-        if va > vb + 1e-9
-    ]
 
 
 def evaluate_classifier(
@@ -67,14 +46,28 @@ def evaluate_classifier(
     cfg: EvalConfig,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Metrics (percent) for each attack on float images ``x`` in [0, 1], with warnings and flags."""
+    """Accuracy (percent) under each attack spec on float images ``x`` in [0, 1].
+
+    Returns ``{"metrics": {spec: percent}, "warnings": [...], "flags": [Flag JSON],
+    "attacks": {spec: settings}, "seconds": float}``. Every spec is checked before any attack runs.
+    """
+    for spec in attacks:
+        check_attack_spec(spec)
     model.eval()
     t0 = time.time()
     metrics: dict[str, float | None] = {}
+    settings: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
-    for name in tqdm(attacks, desc="evaluate", disable=not progress, leave=False):
-        acc, warns = robust_accuracy(model, x, y, name, cfg)
-        metrics[name] = round(acc, 4)
-        warnings += [f"{name}: {w}" for w in warns]
-    flags = invariant_flags(metrics) + [f"autoattack-warning: {w}" for w in warnings]
-    return {"metrics": metrics, "warnings": warnings, "flags": flags, "seconds": time.time() - t0}
+    for spec in tqdm(attacks, desc="evaluate", disable=not progress, leave=False):
+        settings[spec] = attack_settings(spec, **eval_options(spec, cfg))
+        acc, warns = robust_accuracy(model, x, y, spec, cfg)
+        metrics[spec] = round(acc, 4)
+        warnings += [f"{spec}: {w}" for w in warns]
+    flags = invariant_flags(metrics) + [Flag(ATTACK_WARNING, w) for w in warnings]
+    return {
+        "metrics": metrics,
+        "warnings": warnings,
+        "flags": [f.to_json() for f in flags],
+        "attacks": settings,
+        "seconds": time.time() - t0,
+    }

@@ -3,8 +3,19 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from attacks import AttackInputError, UnknownAttack, contrastive_pgd, get_attack
+from attacks import (
+    AttackInputError,
+    attack_label,
+    attack_names,
+    attack_settings,
+    check_attack_spec,
+    contrastive_pgd,
+    eval_options,
+    get_attack,
+)
+from benchmark.config import EvalConfig
 from benchmark.data import load_dataset
+from benchmark.errors import ConfigError, UnknownName
 from benchmark.models import BackboneConfig, Classifier
 
 EPS = 8 / 255
@@ -74,12 +85,18 @@ def test_autoattack_lite_at_most_pgd(undefended):
 
 def test_bad_attack_inputs(undefended):
     model, x, y = undefended
-    with pytest.raises(UnknownAttack, match="did you mean 'pgd20'"):
+    with pytest.raises(UnknownName, match="did you mean 'pgd20'"):
         get_attack("pgd2O")
-    with pytest.raises(ValueError, match="eps must be in"):
+    with pytest.raises(ConfigError, match="eps must be in"):
         get_attack("pgd20", eps=1.5)
-    with pytest.raises(ValueError, match="bad option"):
+    with pytest.raises(UnknownName, match="unknown pgd20 option 'foo'; choose from eps, alpha"):
         get_attack("pgd20", foo=1)
+    with pytest.raises(UnknownName, match="unknown autoattack option 'version'"):
+        get_attack("autoattack", version="lite")  # the name says the version
+    with pytest.raises(ConfigError, match="takes no options"):
+        get_attack("clean", eps=0.1)
+    with pytest.raises(ConfigError, match="takes no options in a spec"):
+        check_attack_spec("pgd20:steps=50")  # pgd20 is the protocol's attack; ta:PGD:steps=50 is not
     with pytest.raises(AttackInputError, match=r"\[0, 1\]"):
         get_attack("pgd20")(model, x * 255, y)
     with pytest.raises(AttackInputError, match="float"):
@@ -101,3 +118,36 @@ def test_contrastive_pgd_increases_loss_without_weight_grads():
     assert loss_fn([adv]).item() > before
     assert (adv - x).abs().max() <= EPS + 1e-6
     assert all(p.grad is None for p in net.parameters())
+
+
+def test_registered_attacks_and_labels():
+    assert attack_names()[:4] == ["clean", "pgd20", "autoattack", "aa-lite"]
+    labels = {n: attack_label(n) for n in ("clean", "pgd20", "autoattack", "aa-lite")}
+    assert labels == {"clean": "clean", "pgd20": "PGD-20", "autoattack": "AutoAttack", "aa-lite": "AA-lite"}
+    assert attack_label("no-such-attack") == "no-such-attack"
+    assert check_attack_spec(" PGD20 ") == "pgd20"
+
+
+def test_eval_options_come_from_the_registry():
+    """What evaluation passes to each attack (formerly hard-coded in benchmark.evaluate)."""
+    cfg = EvalConfig(batch_size=123, seed=7, eps=4 / 255)
+    assert eval_options("clean", cfg) == {}
+    assert eval_options("pgd20", cfg) == {"eps": 4 / 255, "seed": 7}
+    for aa in ("autoattack", "aa-lite"):
+        assert eval_options(aa, cfg) == {"eps": 4 / 255, "seed": 7, "batch_size": 123}
+    pgd = get_attack("pgd20", **eval_options("pgd20", cfg))
+    assert (pgd.eps, pgd.alpha, pgd.steps, pgd.random_start, pgd.seed) == (4 / 255, 2 / 255, 20, True, 7)
+    assert getattr(get_attack("autoattack"), "whole_set", False)
+    assert not getattr(pgd, "whole_set", False)
+
+
+def test_builtin_settings_are_complete():
+    pgd = attack_settings("pgd20", eps=4 / 255, seed=3)
+    assert pgd == {"spec": "pgd20", "label": "PGD-20", "threat_model": "Linf", "eps": 4 / 255,
+                   "alpha": 2 / 255, "steps": 20, "random_start": True, "seed": 3, "norm": "Linf",
+                   "loss": "cross-entropy", "model_mode": "eval"}
+    aa = attack_settings("autoattack", batch_size=100)
+    assert aa["attacks"] == ["apgd-ce", "apgd-t", "fab-t", "square"] and aa["version"] == "standard"
+    assert (aa["eps"], aa["seed"], aa["batch_size"], aa["threat_model"]) == (8 / 255, 0, 100, "Linf")
+    assert attack_settings("aa-lite")["attacks"] == ["apgd-ce", "apgd-t"]
+    assert attack_settings("clean") == {"spec": "clean", "label": "clean", "threat_model": None}
