@@ -2,6 +2,7 @@
 
 import inspect
 import json
+import sys
 import textwrap
 
 import pytest
@@ -227,15 +228,19 @@ def test_plugin_attack_needs_no_other_edit(tiny, tmp_path, monkeypatch):
     with pytest.raises(UnknownName):
         get_attack("one-step-test")
     ATTACKS.load_plugin("acbench_test_attack_plugin")
-    assert "one-step-test" in attack_names() and attack_label("one-step-test") == "FGSM (plugin)"
-    cfg = EvalConfig(eps=4 / 255, batch_size=32)
-    r = evaluate_classifier(model, x, y, ["clean", "one-step-test"], cfg, progress=False)
-    assert r["attacks"]["one-step-test"] == {"spec": "one-step-test", "label": "FGSM (plugin)",
-                                             "threat_model": "Linf", "eps": 4 / 255}
-    assert r["metrics"]["one-step-test"] < r["metrics"]["clean"]
-    attack = get_attack("one-step-test", eps=4 / 255)
-    x_adv = torch.cat([attack(model, x[i : i + 32], y[i : i + 32]) for i in range(0, len(x), 32)])
-    assert r["metrics"]["one-step-test"] == percent(model, x_adv, y, 32)
+    try:
+        assert "one-step-test" in attack_names() and attack_label("one-step-test") == "FGSM (plugin)"
+        cfg = EvalConfig(eps=4 / 255, batch_size=32)
+        r = evaluate_classifier(model, x, y, ["clean", "one-step-test"], cfg, progress=False)
+        assert r["attacks"]["one-step-test"] == {"spec": "one-step-test", "label": "FGSM (plugin)",
+                                                 "threat_model": "Linf", "eps": 4 / 255}
+        assert r["metrics"]["one-step-test"] < r["metrics"]["clean"]
+        attack = get_attack("one-step-test", eps=4 / 255)
+        x_adv = torch.cat([attack(model, x[i : i + 32], y[i : i + 32]) for i in range(0, len(x), 32)])
+        assert r["metrics"]["one-step-test"] == percent(model, x_adv, y, 32)
+    finally:
+        ATTACKS.unregister("one-step-test")
+        sys.modules.pop("acbench_test_attack_plugin", None)
     with pytest.raises(AcbenchError, match="cannot import plugin module"):
         ATTACKS.load_plugin("acbench_no_such_plugin")
 
@@ -245,3 +250,4 @@ def test_registering_a_taken_name_fails():
         ATTACKS.register("pgd20", label="x")(lambda **kw: None)
     with pytest.raises(TypeError, match="callable"):
         ATTACKS.register("not-callable-test", label="x")(42)
+    assert "not-callable-test" not in ATTACKS
