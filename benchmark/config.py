@@ -6,7 +6,7 @@ A preset fixes the data, the backbone, and how each stage is scaled:
 |---|---|---|---|---|
 | ``smoke`` | digits (16x16, 128-image subset) | resnet10-tiny | 1 epoch | tests, seconds per stage |
 | ``quick`` | digits (16x16) | resnet10-tiny | 10 epochs, CPU recipe (``QUICK_RECIPE``), first 64 test images | the README's main command, 2 CPU cores |
-| ``paper`` | CIFAR-10/100, STL-10 | resnet18 | each method's published recipe | GPU |
+| ``paper`` | CIFAR-10/100, STL-10 | resnet18 (STL-10: resnet18-imagenet) | each method's published recipe | GPU |
 
 Every record stores its preset; leaderboards never mix presets.
 """
@@ -43,6 +43,12 @@ class Preset:
     finetune: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-scheme overrides
     eval: EvalConfig = EvalConfig()
     description: str = ""
+    backbones: dict[str, str] = field(default_factory=dict)  # per pretraining dataset: another backbone
+
+    def backbone_for(self, dataset: str) -> str:
+        """The backbone this preset pretrains on ``dataset`` (``backbone`` unless ``backbones``
+        names another, e.g. the ImageNet-stem ResNet-18 that the STL-10 releases train at 96 px)."""
+        return self.backbones.get(dataset, self.backbone)
 
     def recipe(self, paper: Recipe) -> Recipe:
         """The recipe a method runs under this preset (its paper recipe, scaled)."""
@@ -95,6 +101,7 @@ PRESETS: dict[str, Preset] = {
         pretrain_epochs=None, pretrain_batch_size=None,
         eval=EvalConfig(n_test=None, batch_size=500),
         description="each method's published recipe, ResNet-18, full test sets (GPU)",
+        backbones={"stl10": "resnet18-imagenet"},  # 96 px: the released 7x7 stride-2 stem + max-pool
     ),
 }
 

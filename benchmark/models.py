@@ -1,10 +1,15 @@
-"""CIFAR ResNets with named BatchNorm branches, projection heads, and the finetuned classifier.
+"""ResNets with named BatchNorm branches, projection heads, and the finetuned classifier.
 
 The pretraining encoder keeps one BatchNorm per *branch* in every BN layer (ACL's dual BN:
 "normal" for clean views, "pgd" for adversarial ones; AdvCL adds "pgd_ce"). The branch is chosen
 per forward call. Finetuning converts one branch into a plain single-BN network loaded with strict
 key matching, so a checkpoint that does not fit the architecture can never be loaded silently.
 Input normalisation lives inside the model: every model takes images in [0, 1].
+
+Backbones have the CIFAR stem (3x3 stride-1 convolution, no max-pool) except ``resnet18-imagenet``,
+whose ImageNet stem (7x7 stride-2 convolution, 3x3 stride-2 max-pool) is what the STL-10 releases
+(RobustSSL, DynACL, AIR) train at 96 px; its weights are random like every other backbone's.
+:func:`init_backbone` applies a method's weight initialisation (``Params.init``).
 """
 
 from __future__ import annotations
@@ -16,14 +21,33 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.errors import AcbenchError, unknown
+from benchmark.errors import AcbenchError, check_choice, unknown
 
-# name -> (blocks per stage, width of the first stage)
-BACKBONES: dict[str, tuple[tuple[int, int, int, int], int]] = {
-    "resnet18": ((2, 2, 2, 2), 64),  # the paper backbone (512-d features)
-    "resnet18-small": ((2, 2, 2, 2), 16),  # ResNet-18 at quarter width (128-d): CPU presets
-    "resnet10-tiny": ((1, 1, 1, 1), 8),  # smoke tests (64-d)
+
+@dataclass(frozen=True)
+class Architecture:
+    """A backbone's shape: BasicBlocks per stage, width of the first stage, and stem.
+
+    ``stem="cifar"``: 3x3 stride-1 convolution, no max-pool (32 px images keep their resolution).
+    ``stem="imagenet"``: 7x7 stride-2 convolution (padding 3) then 3x3 stride-2 max-pool (padding
+    1), the torchvision ResNet stem, which the STL-10 releases use at 96 px (96 -> 48 -> 24).
+    """
+
+    blocks: tuple[int, int, int, int]
+    width: int
+    stem: str = "cifar"
+
+
+BACKBONES: dict[str, Architecture] = {
+    "resnet18": Architecture((2, 2, 2, 2), 64),  # the paper backbone (512-d features)
+    "resnet18-imagenet": Architecture((2, 2, 2, 2), 64, stem="imagenet"),  # the paper's STL-10 backbone
+    "resnet18-small": Architecture((2, 2, 2, 2), 16),  # ResNet-18 at quarter width (128-d): CPU presets
+    "resnet10-tiny": Architecture((1, 1, 1, 1), 8),  # smoke tests (64-d)
 }
+
+# Weight initialisations of a pretraining backbone (a method's ``Params.init``): "default" keeps
+# PyTorch's (RoCL's release, SimCLR); "kaiming-fan-out" is the ACL and AdvCL releases'.
+INITS = ("default", "kaiming-fan-out")
 
 
 @dataclass(frozen=True)
@@ -41,7 +65,7 @@ class BackboneConfig:
 
     @property
     def feature_dim(self) -> int:
-        return BACKBONES[self.name][1] * 8
+        return BACKBONES[self.name].width * 8
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -124,7 +148,8 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet (3x3 stem, stride 1, no max-pool) returning pooled features.
+    """ResNet of post-activation BasicBlocks returning globally average-pooled features; the stem
+    is the CIFAR or the ImageNet one (:class:`Architecture`).
 
     ``branches=None`` gives plain BatchNorm (a classifier encoder); a tuple of names gives
     branch-selectable BatchNorm in every BN layer (pretraining encoders).
@@ -132,11 +157,17 @@ class ResNet(nn.Module):
 
     def __init__(self, config: BackboneConfig, branches: Sequence[str] | None = None):
         super().__init__()
-        blocks, width = BACKBONES[config.name]
+        arch = BACKBONES[config.name]
+        blocks, width = arch.blocks, arch.width
         self.config = config
         self.branches = tuple(branches) if branches is not None else None
         self.normalize = Normalize(config.mean, config.std)
-        self.conv1 = nn.Conv2d(config.in_channels, width, 3, 1, 1, bias=False)
+        if arch.stem == "imagenet":
+            self.conv1 = nn.Conv2d(config.in_channels, width, 7, 2, 3, bias=False)
+            self.maxpool: nn.Module | None = nn.MaxPool2d(3, 2, 1)
+        else:
+            self.conv1 = nn.Conv2d(config.in_channels, width, 3, 1, 1, bias=False)
+            self.maxpool = None
         self.bn1 = make_norm(width, branches)
         layers: list[nn.Module] = []
         cin = width
@@ -150,9 +181,31 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor, branch: str | None = None) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(self.normalize(x)), branch))
+        if self.maxpool is not None:
+            out = self.maxpool(out)
         for block in self.blocks:
             out = block(out, branch)
         return torch.flatten(F.adaptive_avg_pool2d(out, 1), 1)
+
+
+def init_backbone(encoder: nn.Module, init: str) -> None:
+    """Re-initialise ``encoder``'s weights in place with the scheme ``init`` (one of :data:`INITS`).
+
+    "default" leaves PyTorch's initialisation (and the random stream) alone. "kaiming-fan-out" is
+    the ACL and AdvCL releases' ResNet initialisation: every ``Conv2d`` weight is drawn from
+    N(0, 2 / fan_out) (``kaiming_normal_(mode="fan_out", nonlinearity="relu")``, fan_out = out
+    channels x kernel area) and every BatchNorm2d gets weight 1 and bias 0 (PyTorch's default
+    too); Linear layers and the heads keep PyTorch's initialisation, as released.
+    """
+    check_choice("init", init, INITS)
+    if init == "default":
+        return
+    for m in encoder.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class MLPHead(nn.Module):

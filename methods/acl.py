@@ -2,11 +2,13 @@
 
 Both SimCLR views are perturbed jointly through the "pgd" BN branch (model in eval mode) to
 maximise their NT-Xent; the loss averages the clean pair's NT-Xent ("normal" branch) and the
-adversarial pair's ("pgd" branch). Finetuning uses the "pgd" branch.
+adversarial pair's ("pgd" branch). Finetuning uses the "pgd" branch. The backbone's convolutions
+are initialised as released (``init="kaiming-fan-out"``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,7 +29,9 @@ class ACL(Method):
     branches = ("normal", "pgd")
     finetune_branch = "pgd"
 
-    Params = AdversarialParams  # temperature 0.5; PGD-5, eps 8/255, step 2/255
+    @dataclass(frozen=True)
+    class Params(AdversarialParams):  # temperature 0.5; PGD-5, eps 8/255, step 2/255
+        init: str = "kaiming-fan-out"  # the release's ResNet: Kaiming-normal (fan-out) convolutions
 
     def paper_recipe(self, dataset: str | None = None) -> Recipe:
         return Recipe(
@@ -44,8 +48,8 @@ class ACL(Method):
         self.views = SimCLRViews(image_size, scale=(0.1, 1.0), interpolation="bicubic").to(device)
 
     def contrast(self, z: torch.Tensor, n: int) -> torch.Tensor:
-        """The contrastive term on a [2n, D] stack of two views' embeddings (global negatives,
-        in the attack too, under torchrun)."""
+        """NT-Xent on a [2n, D] stack of two views' embeddings (global negatives, in the attack
+        too, under torchrun): the attack objective, and each half of the loss."""
         return info_nce(self.gather(z.view(2, n, -1)), self.params.temperature)
 
     def adversarial_views(self, model: ContrastiveModel, t: torch.Tensor, n: int) -> torch.Tensor:

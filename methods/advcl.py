@@ -21,7 +21,8 @@ perturbation, so the attack computes them once per step (the released code recom
 every attack step: same gradients, only the "normal" running statistics move 5 times more).
 
 Input normalisation: the released model takes raw [0, 1] images; here, as for ACL, the model
-normalises its input (docs/design.md), HFC included.
+normalises its input (docs/design.md), HFC included. The backbone's convolutions are initialised as
+released (``init="kaiming-fan-out"``).
 
 Scaling with the image size (the released values are for 32 x 32): the HFC radius is
 ``8 * size / 32`` and the crop padding ``size // 8`` unless set (digits at 16 px: radius 4,
@@ -35,12 +36,16 @@ the user's ``.npz`` file (one integer array per k, keys ``k2`` ... ``k500``; see
 nominal sizes (``fc_h: feature_dim -> h``) on every dataset; on small data the stage caps the
 number of clusters, so a head can have more outputs than clusters.
 
-The A-InfoNCE variants (``advcl-ip``, ``advcl-hn``, ``advcl-iphn``) keep views, attack (still on
-the plain info_nce) and the CE term, and replace the contrastive term by
-``(T / 0.07) a_info_nce(z, adv=(0,), ip=lam, adv_weight, hn)`` with A-InfoNCE's released settings
-per dataset (docs/methods.md). The IP variants adapt lam per batch (:class:`AdaptiveIPWeight`); with
-K = 30 (or 20) warm-up epochs, runs shorter than K epochs (the CPU presets) keep lam = lam0.
-d_min (0.4 / 0.5) is an absolute distance tuned for ResNet-18 features on CIFAR.
+The A-InfoNCE variants (``advcl-ip``, ``advcl-hn``, ``advcl-iphn``) keep views and the CE term
+and, as A-InfoNCE's release does (yqy2001/A-InfoNCE, ``Asym-AdvCL``), replace the contrastive term
+by ``(T / 0.07) a_info_nce_advcl(z, adv=0, ip=lam, adv_weight, hn)`` (``SupConLoss`` /
+``ori_SupConLoss``) and attack with ``a_info_nce_advcl(z, adv=0, adv_weight)``
+(``ori_SupConLoss(stop_grad=False)``), with its settings per dataset (docs/methods.md).
+``loss_form="clean"`` and ``attack_form="clean"`` give the formulas of docs/methods.md instead
+(``a_info_nce`` with HCL's hard negatives; the plain ``info_nce`` attack of ``advcl``). The IP
+variants adapt lam per batch (:class:`AdaptiveIPWeight`); with K = 30 (or 20) warm-up epochs, runs
+shorter than K epochs (the CPU presets) keep lam = lam0. d_min (0.4 / 0.5) is an absolute distance
+tuned for ResNet-18 features on CIFAR.
 """
 
 from __future__ import annotations
@@ -58,15 +63,16 @@ from torch import nn
 import benchmark.ddp as distributed
 from attacks import contrastive_pgd, eval_mode
 from benchmark.augment import CropFlip, SimCLRViews
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, check_choice
 from benchmark.labels import check_pseudo_labels
 from benchmark.models import ContrastiveModel, MLPHead
 from methods import register_method
 from methods.base import AdversarialParams, Batch, Logs, Method, Recipe
-from methods.losses import a_info_nce, info_nce
+from methods.losses import a_info_nce, a_info_nce_advcl, info_nce
 
 CLUSTERS = (2, 10, 50, 100, 500)  # pseudo-label granularities h (one head fc_h each)
 ADV = 0  # index of x_cl in the stack [x_cl, t1, t2, HFC]
+FORMS = ("released", "clean")  # the A-InfoNCE variants' loss_form and attack_form
 
 
 # ---- views ------------------------------------------------------------------------------------
@@ -155,6 +161,7 @@ class AdvCL(Method):
         # an .npz of k2..k500 arrays that the pseudo_labels stage loads instead of running k-means
         pseudo_labels_file: str | None = None
         lr: float = 0.5  # the paper recipe's peak learning rate
+        init: str = "kaiming-fan-out"  # the release's ResNet: Kaiming-normal (fan-out) convolutions
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -226,11 +233,19 @@ class AdvCL(Method):
 
             def objective(adv: list[torch.Tensor]) -> torch.Tensor:
                 x_cl, x_ce = adv
-                contrast = info_nce(torch.cat([self.gather(model(x_cl, "pgd")[None]), z_clean]), p.temperature)
+                contrast = self.attack_contrast(torch.cat([self.gather(model(x_cl, "pgd")[None]), z_clean]))
                 return contrast + p.ce_weight * self.pseudo_label_loss(model, x_ce, y)
 
             x_cl, x_ce = contrastive_pgd(objective, [x_org, x_org], p.eps, p.attack_step, p.attack_steps)
         return x_cl, x_ce
+
+    def attack_contrast(self, z: torch.Tensor) -> torch.Tensor:
+        """The contrastive part of the attack objective on z = [x_cl, t1, t2, HFC] ([4, B, D]).
+
+        The release's criterion is this times T / 0.07; the attack steps along the gradient's
+        sign, which no positive factor changes, so the factor is left out.
+        """
+        return info_nce(z, self.params.temperature)
 
     def contrast(self, z: torch.Tensor, lam: float | torch.Tensor | None = None) -> torch.Tensor:
         """The contrastive term on z = [x_cl, t1, t2, HFC] ([4, B, D])."""
@@ -260,8 +275,12 @@ class AdvCL(Method):
 
 
 class _AdvCLAInfoNCE(AdvCL):
-    """AdvCL with the contrastive term replaced by ``a_info_nce`` (x_cl is the adversarial view).
+    """AdvCL with A-InfoNCE's contrastive term (x_cl is the adversarial view).
 
+    ``loss_form``: "released" is ``a_info_nce_advcl`` (the release's ``SupConLoss`` with hard
+    negatives, ``ori_SupConLoss`` without), "clean" is ``a_info_nce`` (HCL's hard negatives).
+    ``attack_form``: "released" attacks with ``a_info_nce_advcl(ip=None, adv_weight)`` (the
+    release's ``ori_SupConLoss(stop_grad=False)``), "clean" with ``info_nce`` as ``advcl`` does.
     ``ip`` is lam0; with ``adaptive_epochs`` = K set, lam adapts per batch after K epochs from the
     distance d_t = mean_i ||f(x_org_i) - f(x_cl_i)||_2 of backbone features ("normal" branch, no
     gradient, computed in the attack's BN mode: train mode as released).
@@ -275,9 +294,13 @@ class _AdvCLAInfoNCE(AdvCL):
         d_min: float = 0.4
         hn_beta: float | None = None
         hn_tau_plus: float = 0.1
+        loss_form: str = "released"
+        attack_form: str = "released"
 
         def __post_init__(self) -> None:
             super().__post_init__()
+            check_choice("loss_form", self.loss_form, FORMS)
+            check_choice("attack_form", self.attack_form, FORMS)
             if self.ip is not None and not 0 <= self.ip <= 1:
                 raise ConfigError(f"ip (lambda) must be in [0, 1], got {self.ip}")
             if self.adv_weight < 0:
@@ -295,11 +318,20 @@ class _AdvCLAInfoNCE(AdvCL):
             if p.ip is not None and p.adaptive_epochs is not None else None
         )
 
+    def attack_contrast(self, z: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if p.attack_form == "clean":
+            return info_nce(z, p.temperature)
+        return a_info_nce_advcl(z, adv=ADV, temperature=p.temperature, adv_weight=p.adv_weight)
+
     def contrast(self, z: torch.Tensor, lam: float | torch.Tensor | None = None) -> torch.Tensor:
         p = self.params
         hn = (p.hn_beta, p.hn_tau_plus) if p.hn_beta is not None else None
         ip = lam if lam is not None else p.ip
-        loss = a_info_nce(z, adv=(ADV,), temperature=p.temperature, ip=ip, adv_weight=p.adv_weight, hn=hn)
+        if p.loss_form == "released":
+            loss = a_info_nce_advcl(z, adv=ADV, temperature=p.temperature, ip=ip, adv_weight=p.adv_weight, hn=hn)
+        else:
+            loss = a_info_nce(z, adv=(ADV,), temperature=p.temperature, ip=ip, adv_weight=p.adv_weight, hn=hn)
         return p.temperature / p.base_temperature * loss
 
     def inferior_positive_weight(
@@ -347,7 +379,7 @@ class AdvCLIP(_AdvCLAInfoNCE):
 @register_method("advcl-hn")
 class AdvCLHN(_AdvCLAInfoNCE):
     paper = _PAPER
-    summary = "AdvCL with hard-negative reweighting (HCL form, beta 1, tau+ 0.12 / 0.01)"
+    summary = "AdvCL with hard-negative reweighting (A-InfoNCE's released form, beta 1, tau+ 0.12 / 0.01)"
     dataset_params = {"cifar100": {"hn_tau_plus": 0.01, "lr": 2.0}}
 
     @dataclass(frozen=True)

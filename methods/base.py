@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 import benchmark.ddp as distributed
-from benchmark.errors import ConfigError, did_you_mean
-from benchmark.models import BackboneConfig, ContrastiveModel, ResNet
+from benchmark.errors import ConfigError, check_choice, did_you_mean
+from benchmark.models import INITS, BackboneConfig, ContrastiveModel, ResNet, init_backbone
 
 OPTIMIZERS = ("sgd", "lars", "adam")
 Logs = dict[str, torch.Tensor | float]  # a step's logs: 0-d tensors (no host sync) or plain numbers
@@ -82,14 +82,18 @@ class Batch:
 
 @dataclass(frozen=True)
 class ContrastiveParams:
-    """The parameter every built-in method has: the NT-Xent temperature (checked here, so a bad
-    value is refused when the method is made)."""
+    """The parameters every built-in method has (checked here, so a bad value is refused when the
+    method is made): the NT-Xent temperature, and ``init``, the backbone's weight initialisation
+    (:data:`benchmark.models.INITS`; a method whose release initialises otherwise than PyTorch
+    overrides the default). Both are part of the pretraining stage's key."""
 
     temperature: float = 0.5
+    init: str = "default"
 
     def __post_init__(self) -> None:
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
+        check_choice("init", self.init, INITS)
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,7 @@ class Method(abc.ABC):
                 backbone, mean=(0.0,) * backbone.in_channels, std=(1.0,) * backbone.in_channels
             )
         encoder = ResNet(backbone, branches=self.branches)
+        init_backbone(encoder, self.params.init)  # before the heads are built, as released
         return ContrastiveModel(
             encoder,
             self.build_head(encoder.feature_dim),

@@ -2,11 +2,18 @@
 
 RoCL attacks one view instance-wise: starting from t1 + U(-eps, eps) it maximises the NT-Xent
 between the attacked view and the (fixed) embedding of t2, with the model in eval mode. The loss
-contrasts the three views [t1, t2, adv] and adds a small NT-Xent between adv and t2. Single BN,
-no input normalisation.
+contrasts the three views [t1, t2, adv] and adds a small NT-Xent between adv and t2 (the
+regulariser). Single BN, no input normalisation, PyTorch's default initialisation.
 
-The A-InfoNCE variants (``rocl-ip``, ``rocl-hn``, ``rocl-iphn``) keep views, attack and recipe and
-replace the three-view contrast by ``a_info_nce`` with the adversarial view as view 2.
+As released (Kim-Minseon/RoCL ``src/loss.py``, ``src/attack_lib.py``): every similarity of the
+contrast, of the attack objective and of the regulariser is ``<z_a, stopgrad(z_b)> / T``
+(``detach_contrast``), the 3-view term sums over the positives of each anchor (``sum_positives``),
+and the regulariser is a separate train-mode forward of [adv, t2] on the local batch, before the
+3-view forward (``reg_forward="separate"``; ``"shared"`` reuses the 3-view embeddings, gathered).
+
+The A-InfoNCE variants (``rocl-ip``, ``rocl-hn``, ``rocl-iphn``) keep views, attack, regulariser
+and recipe and replace the three-view contrast by ``a_info_nce`` with the adversarial view as
+view 2, with A-InfoNCE's released hard-negative weights (``hn_form="a-infonce"``).
 """
 
 from __future__ import annotations
@@ -19,14 +26,15 @@ from torch import nn
 
 from attacks import contrastive_pgd, eval_mode
 from benchmark.augment import SimCLRViews
-from benchmark.errors import ConfigError
+from benchmark.errors import ConfigError, check_choice
 from benchmark.models import ContrastiveModel, MLPHead
 from methods import register_method
 from methods.base import AdversarialParams, Batch, Logs, Method, Recipe
-from methods.losses import a_info_nce, info_nce
+from methods.losses import HN_FORMS, a_info_nce, info_nce
 from methods.simclr import projector_dims
 
 ADV = 2  # index of the adversarial view in the stack [t1, t2, adv]
+REG_FORWARDS = ("separate", "shared")  # how the regulariser's embeddings are computed
 _AINFONCE = "Yu et al., ECCV 2022 (A-InfoNCE on RoCL)"
 
 
@@ -44,11 +52,17 @@ class RoCL(Method):
         attack_step: float = 0.007
         attack_steps: int = 7
         reg_weight: float = 1 / 256
-        # Faithful to the released code (see docs/methods.md): the 3-view term sums over both
-        # positives of each anchor (x2 against info_nce) and detaches the contrast side.
+        # As released (docs/methods.md): the 3-view term sums over both positives of each anchor
+        # (x2 against info_nce); the contrast side of every similarity is detached (contrast,
+        # attack, regulariser); the regulariser has its own forward of [adv, t2].
         sum_positives: bool = True
         detach_contrast: bool = True
+        reg_forward: str = "separate"
         base_lr: float = 0.1  # before RoCL's x15 warm-up multiplier
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            check_choice("reg_forward", self.reg_forward, REG_FORWARDS)
 
     def paper_recipe(self, dataset: str | None = None) -> Recipe:
         return Recipe(
@@ -65,13 +79,18 @@ class RoCL(Method):
     def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
         self.views = SimCLRViews(image_size, scale=(0.08, 1.0), colour_first=True).to(device)
 
+    def pair_loss(self, z: torch.Tensor) -> torch.Tensor:
+        """NT-Xent on z = [x, t2] ([2, B, D]): the attack objective (x the attacked view) and the
+        regulariser (x the adversarial view); the release's ``NT_xent(..., 'None')``."""
+        return info_nce(z, self.params.temperature, detach_contrast=self.params.detach_contrast)
+
     def adversarial_view(self, model: ContrastiveModel, t1: torch.Tensor, t2: torch.Tensor) -> torch.Tensor:
         p = self.params
         with eval_mode(model):
             with torch.no_grad():
                 target = model(t2, "normal")  # fixed in eval mode: computed once per step
             (adv,) = contrastive_pgd(
-                lambda a: info_nce(torch.stack([model(a[0], "normal"), target]), p.temperature),
+                lambda a: self.pair_loss(torch.stack([model(a[0], "normal"), target])),
                 [t1], p.eps, p.attack_step, p.attack_steps,
             )
         return adv
@@ -83,20 +102,30 @@ class RoCL(Method):
         return loss * (z.shape[0] - 1) if p.sum_positives else loss
 
     def training_step(self, model: ContrastiveModel, batch: Batch) -> tuple[torch.Tensor, Logs]:
+        p = self.params
         x = batch.images
         n = x.shape[0]
         t1, t2 = self.views(x), self.views(x)
-        adv = self.adversarial_view(model, t1, t2)
-        # the loss's negatives are global under torchrun; the attack's stay per GPU (as released)
+        adv = self.adversarial_view(model, t1, t2)  # the attack's negatives are per GPU, as released
+        if p.reg_forward == "separate":  # as released: its own train-mode forward, local negatives
+            reg = self.pair_loss(model(torch.cat([adv, t2]), "normal").view(2, n, -1))
+        # the loss's negatives are global under torchrun
         z = self.gather(model(torch.cat([t1, t2, adv]), "normal").view(3, n, -1))
         contrast = self.contrast(z)
-        reg = info_nce(torch.stack([z[ADV], z[1]]), self.params.temperature)
-        loss = contrast + self.params.reg_weight * reg
+        if p.reg_forward == "shared":
+            reg = self.pair_loss(torch.stack([z[ADV], z[1]]))
+        loss = contrast + p.reg_weight * reg
         return loss, {"loss": loss.detach(), "contrast": contrast.detach(), "reg": reg.detach()}
 
 
 class _RoCLAInfoNCE(RoCL):
-    """RoCL with the three-view contrast replaced by ``a_info_nce`` (adversarial view 2)."""
+    """RoCL with the three-view contrast replaced by ``a_info_nce`` (adversarial view 2).
+
+    With the defaults (``detach_contrast``, ``hn_form="a-infonce"``, the sum over positives) the
+    term is A-InfoNCE's released ``NT_xent`` / ``NT_xent_HN`` (``Asym-RoCL/loss.py``) for
+    ``--stpg_degree ip --adv_weight 2 * adv_weight``; ``hn_form="hcl"`` and
+    ``detach_contrast=False`` give the formula of docs/methods.md.
+    """
 
     @dataclass(frozen=True)
     class Params(RoCL.Params):
@@ -104,10 +133,11 @@ class _RoCLAInfoNCE(RoCL):
         adv_weight: float = 1.0
         hn_beta: float | None = None
         hn_tau_plus: float = 0.1
-        detach_contrast: bool = False  # the A-InfoNCE code does not detach the contrast side
+        hn_form: str = "a-infonce"  # the release's hard-negative weights; "hcl": HCL's formula
 
         def __post_init__(self) -> None:
             super().__post_init__()
+            check_choice("hn_form", self.hn_form, HN_FORMS)
             if self.ip is not None and not 0 <= self.ip <= 1:
                 raise ConfigError(f"ip (lambda) must be in [0, 1], got {self.ip}")
             if self.adv_weight <= 0:
@@ -118,7 +148,10 @@ class _RoCLAInfoNCE(RoCL):
     def contrast(self, z: torch.Tensor) -> torch.Tensor:
         p = self.params
         hn = (p.hn_beta, p.hn_tau_plus) if p.hn_beta is not None else None
-        loss = a_info_nce(z, adv=(ADV,), temperature=p.temperature, ip=p.ip, adv_weight=p.adv_weight, hn=hn)
+        loss = a_info_nce(
+            z, adv=(ADV,), temperature=p.temperature, ip=p.ip, adv_weight=p.adv_weight, hn=hn,
+            detach_contrast=p.detach_contrast, hn_form=p.hn_form,
+        )
         return loss * (z.shape[0] - 1) if p.sum_positives else loss
 
 
@@ -137,7 +170,7 @@ class RoCLIP(_RoCLAInfoNCE):
 @register_method("rocl-hn")
 class RoCLHN(_RoCLAInfoNCE):
     paper = _AINFONCE
-    summary = "RoCL with hard-negative reweighting (HCL form, beta 1, tau+ 0.12 / 0.1)"
+    summary = "RoCL with hard-negative reweighting (A-InfoNCE's released weights, beta 1, tau+ 0.12 / 0.1)"
     dataset_params = {"cifar100": {"hn_tau_plus": 0.1, "base_lr": 0.1}}
 
     @dataclass(frozen=True)

@@ -45,9 +45,13 @@ class SimCLR(Method):
     def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
         self.views = SimCLRViews(image_size, scale=(self.params.crop_scale_min, 1.0)).to(device)
 
+    def contrast(self, z: torch.Tensor) -> torch.Tensor:
+        """The loss on z = [t1, t2] ([2, B, D]): NT-Xent."""
+        return info_nce(z, self.params.temperature)
+
     def training_step(self, model: ContrastiveModel, batch: Batch) -> tuple[torch.Tensor, Logs]:
         x = batch.images
         t = torch.cat([self.views(x), self.views(x)])
         z = model(t, "normal").view(2, x.shape[0], -1)
-        loss = info_nce(self.gather(z), self.params.temperature)
+        loss = self.contrast(self.gather(z))
         return loss, {"loss": loss.detach()}

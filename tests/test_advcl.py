@@ -18,7 +18,7 @@ from benchmark.pipeline import Target, run_pretrain_stage
 from benchmark.stage import RunOptions
 from methods import get_method
 from methods.advcl import CLUSTERS, AdaptiveIPWeight, high_frequency
-from methods.losses import a_info_nce, info_nce
+from methods.losses import a_info_nce, a_info_nce_advcl, info_nce
 
 VARIANTS = ("advcl", "advcl-ip", "advcl-hn", "advcl-iphn")
 BRANCHES = ("normal", "pgd", "pgd_ce")
@@ -143,19 +143,39 @@ def test_model_has_triple_bn_shared_head_bn_and_pseudo_label_heads():
 
 
 def test_contrastive_terms_equal_the_spec():
+    """Defaults: the released forms (a_info_nce_advcl); loss_form="clean": a_info_nce (HCL)."""
     z = F.normalize(torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(0)), dim=-1)
     scale = 0.5 / 0.07
     base = scale * info_nce(z, 0.5)
     assert torch.allclose(get_method("advcl").contrast(z), base)
-    plain = get_method("advcl-iphn", ip=None, adv_weight=1.0, hn_beta=None, adaptive_epochs=None)
+    plain = get_method("advcl-iphn", ip=None, adv_weight=1.0, hn_beta=None, adaptive_epochs=None, loss_form="clean")
     assert torch.allclose(plain.contrast(z), base, atol=1e-6)  # a_info_nce reduces to info_nce
+    released_plain = get_method("advcl-iphn", ip=None, adv_weight=1.0, hn_beta=None, adaptive_epochs=None)
+    assert not torch.allclose(released_plain.contrast(z), base, atol=1e-3)  # ori_SupConLoss's aliasing
     iphn = get_method("advcl-iphn").contrast(z, lam=0.35)
-    ref = scale * a_info_nce(z, adv=(0,), temperature=0.5, ip=0.35, adv_weight=0.7, hn=(1.0, 0.1))
+    ref = scale * a_info_nce_advcl(z, adv=0, temperature=0.5, ip=0.35, adv_weight=0.7, hn=(1.0, 0.1))
     assert torch.allclose(iphn, ref)
+    clean = get_method("advcl-iphn", loss_form="clean").contrast(z, lam=0.35)
+    ref = scale * a_info_nce(z, adv=(0,), temperature=0.5, ip=0.35, adv_weight=0.7, hn=(1.0, 0.1))
+    assert torch.allclose(clean, ref) and not torch.allclose(clean, iphn, atol=1e-3)
     ip = get_method("advcl-ip").contrast(z, lam=None)  # lam0 when no adaptive value is given
-    assert torch.allclose(ip, scale * a_info_nce(z, adv=(0,), ip=0.2, adv_weight=1.2))
+    assert torch.allclose(ip, scale * a_info_nce(z, adv=(0,), ip=0.2, adv_weight=1.2))  # no hn: the same
     hn = get_method("advcl-hn").contrast(z)
-    assert torch.allclose(hn, scale * a_info_nce(z, adv=(0,), hn=(1.0, 0.12)))
+    assert torch.allclose(hn, scale * a_info_nce_advcl(z, adv=0, hn=(1.0, 0.12)))
+    clean_hn = get_method("advcl-hn", loss_form="clean").contrast(z)
+    assert torch.allclose(clean_hn, scale * a_info_nce(z, adv=(0,), hn=(1.0, 0.12)))
+
+
+def test_attack_contrasts():
+    """advcl attacks with info_nce; the variants with the release's ori_SupConLoss(stop_grad=False)
+    and their adv_weight (attack_form="clean": info_nce)."""
+    z = F.normalize(torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    assert torch.equal(get_method("advcl").attack_contrast(z), info_nce(z, 0.5))
+    for name, w in (("advcl-ip", 1.2), ("advcl-hn", 1.0), ("advcl-iphn", 0.7)):
+        assert torch.allclose(get_method(name).attack_contrast(z), a_info_nce_advcl(z, adv_weight=w))
+        assert torch.equal(get_method(name, attack_form="clean").attack_contrast(z), info_nce(z, 0.5))
+    w100 = get_method("advcl-iphn", dataset="cifar100").attack_contrast(z)
+    assert torch.allclose(w100, a_info_nce_advcl(z, adv_weight=1.5))
 
 
 # ---- one training step ------------------------------------------------------------------------

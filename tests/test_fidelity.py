@@ -1,6 +1,7 @@
 """Fidelity to the released code: for each method, its contrastive term and its attack objective,
-computed with the calls that make acbench's defaults equal the release, against re-derivations
-of the released formulas written here (loops over anchors), in value and gradient (fp64).
+computed with the calls that make acbench's defaults equal the release and through the method's
+own functions with its default parameters, against re-derivations of the released formulas
+written here (loops over anchors), in value and gradient (fp64).
 
 Releases: SimCLR and ACL (VITA-Group/Adversarial-Contrastive-Learning, ``utils.py`` ``nt_xent``,
 ``train_simCLR.py``), RoCL (Kim-Minseon/RoCL, ``src/loss.py``, ``src/attack_lib.py``), AdvCL
@@ -13,12 +14,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from benchmark.errors import UnknownName
+from methods import get_method
 from methods.losses import a_info_nce, a_info_nce_advcl, info_nce
 
 T = 0.5
@@ -258,6 +261,19 @@ def _advcl_variant(lam, w, hn):
     )
 
 
+# The A-InfoNCE variants' released settings per dataset.
+ROCL_SETTINGS = {  # (lam, release's adv_weight, hn)
+    "rocl-ip": {"cifar10": (0.2, 1.0, None), "cifar100": (0.2, 1.0, None)},
+    "rocl-hn": {"cifar10": (None, 1.0, (1.0, 0.12)), "cifar100": (None, 1.0, (1.0, 0.1))},
+    "rocl-iphn": {"cifar10": (0.2, 1.0, (1.0, 0.12)), "cifar100": (0.2, 1.0, (1.0, 0.1))},
+}
+ADVCL_SETTINGS = {  # (lam0, adv_weight, hn); lam also takes adapted values
+    "advcl-ip": {"cifar10": (0.2, 1.2, None), "cifar100": (0.3, 1.5, None)},
+    "advcl-hn": {"cifar10": (None, 1.0, (1.0, 0.12)), "cifar100": (None, 1.0, (1.0, 0.01))},
+    "advcl-iphn": {"cifar10": (0.2, 0.7, (1.0, 0.1)), "cifar100": (0.3, 1.5, (1.0, 0.01))},
+}
+
+
 def _cases():
     cases = {
         "simclr": (2, _nt_xent, nt_xent_acl, None),
@@ -275,24 +291,12 @@ def _cases():
             (4, lambda z: ADVCL_FACTOR * info_nce(z, T), supcon_advcl, (0,)),
         ),
     }
-    rocl_settings = {  # (lam, release's adv_weight, hn) per dataset
-        "rocl-ip": {"cifar10": (0.2, 1.0, None)},
-        "rocl-hn": {"cifar10": (None, 1.0, (1.0, 0.12)), "cifar100": (None, 1.0, (1.0, 0.1))},
-        "rocl-iphn": {"cifar10": (0.2, 1.0, (1.0, 0.12)), "cifar100": (0.2, 1.0, (1.0, 0.1))},
-    }
-    for name, per in rocl_settings.items():
+    for name, per in ROCL_SETTINGS.items():
         for ds, (lam, w, hn) in per.items():
             call, ref = _rocl_variant(lam, w, hn)
             cases[f"{name}/{ds}"] = (3, call, ref, (2, _rocl_pair, rocl_pair_released, (0,)))
-    advcl_settings = {  # (lam0, adv_weight, hn) per dataset; lam also takes adapted values
-        "advcl-ip": {"cifar10": (0.2, 1.2, None), "cifar100": (0.3, 1.5, None)},
-        "advcl-hn": {"cifar10": (None, 1.0, (1.0, 0.12)), "cifar100": (None, 1.0, (1.0, 0.01))},
-        "advcl-iphn": {
-            "cifar10": (0.2, 0.7, (1.0, 0.1)),
-            "cifar100": (0.3, 1.5, (1.0, 0.01)),
-            "adapted": (0.41, 0.7, (1.0, 0.1)),
-        },
-    }
+    advcl_settings = dict(ADVCL_SETTINGS)
+    advcl_settings["advcl-iphn"] = {**ADVCL_SETTINGS["advcl-iphn"], "adapted": (0.41, 0.7, (1.0, 0.1))}
     for name, per in advcl_settings.items():
         for ds, (lam, w, hn) in per.items():
             c, cref, att, aref = _advcl_variant(lam, w, hn)
@@ -349,6 +353,172 @@ def test_attack_objective_equals_release(case, b):
     views, call, ref, grad_views = CASES[case][3]
     for seed in range(2):
         _assert_same(call, ref, unit(views, b, 10 + seed), grad_views)
+
+
+# --------------------------------------------------------------------------------------------
+# The methods themselves: each registered method, built with its defaults on a dataset, runs its
+# own contrastive term and attack objective (RoCL: and its regulariser), which must be the
+# release's; their named options give the clean forms.
+# --------------------------------------------------------------------------------------------
+
+
+def _acl_pair(m, z):  # ACL.contrast takes a [2n, D] stack of two views
+    return m.contrast(F.normalize(z, dim=-1).reshape(-1, z.shape[-1]), z.shape[1])
+
+
+def _simclr(m, z):  # acbench's model normalises its output; ACL's nt_xent normalises inside
+    return m.contrast(F.normalize(z, dim=-1))
+
+
+def _method_cases():
+    """id -> (method, dataset, (views, term, reference), (views, attack, reference, grad views)).
+
+    ``term`` and ``attack`` take the method and z. AdvCL's attack objective is compared times
+    T / 0.07 (the release's criterion; the attack follows the gradient's sign)."""
+    cases = {
+        "simclr": ("simclr", "cifar10", (2, _simclr, nt_xent_acl), None),
+        "acl": (
+            "acl",
+            "cifar10",
+            (4, lambda m, z: 0.5 * (_acl_pair(m, z[:2]) + _acl_pair(m, z[2:])), _acl_contrast_ref),
+            (2, _acl_pair, nt_xent_acl, (0, 1)),
+        ),
+        "advcl": (
+            "advcl",
+            "cifar10",
+            (4, lambda m, z: m.contrast(z), supcon_advcl),
+            (4, lambda m, z: ADVCL_FACTOR * m.attack_contrast(z), supcon_advcl, (0,)),
+        ),
+    }
+    rocl_attack = (2, lambda m, z: m.pair_loss(z), rocl_pair_released, (0,))
+    cases["rocl"] = (
+        "rocl",
+        "cifar10",
+        (3, lambda m, z: m.contrast(z), lambda z: rocl_released(z, None, 1.0, None)),
+        rocl_attack,
+    )
+    for name, per in ROCL_SETTINGS.items():
+        for ds, (lam, w, hn) in per.items():
+            ref = partial(rocl_released, lam=lam, adv_weight=w, hn=hn)
+            cases[f"{name}/{ds}"] = (name, ds, (3, lambda m, z: m.contrast(z), ref), rocl_attack)
+    for name, per in ADVCL_SETTINGS.items():
+        for ds, (lam, w, hn) in per.items():
+            ref = partial(advcl_ainfonce_released, lam=lam, w=w, hn=hn)
+            att_ref = partial(advcl_ainfonce_released, lam=None, w=w, hn=None)
+            cases[f"{name}/{ds}"] = (
+                name,
+                ds,
+                (4, lambda m, z: m.contrast(z), ref),
+                (4, lambda m, z: ADVCL_FACTOR * m.attack_contrast(z), att_ref, (0,)),
+            )
+    return cases
+
+
+METHOD_CASES = _method_cases()
+
+
+def test_every_registered_method_has_a_fidelity_case():
+    from methods import list_methods
+
+    builtin = {n for n in list_methods() if n.split("-")[0] in ("simclr", "acl", "rocl", "advcl")}
+    assert {c[0] for c in METHOD_CASES.values()} == builtin
+    assert len(builtin) == 10
+
+
+@pytest.mark.parametrize("b", BATCHES)
+@pytest.mark.parametrize("case", sorted(METHOD_CASES))
+def test_method_contrastive_term_is_the_release(case, b):
+    name, ds, (views, term, ref), _ = METHOD_CASES[case]
+    m = get_method(name, dataset=ds)
+    for seed in range(2):
+        _assert_same(lambda z: term(m, z), ref, unit(views, b, 20 + seed), range(views))
+
+
+@pytest.mark.parametrize("b", BATCHES)
+@pytest.mark.parametrize("case", sorted(k for k, c in METHOD_CASES.items() if c[3] is not None))
+def test_method_attack_objective_is_the_release(case, b):
+    name, ds, _, (views, attack, ref, grad_views) = METHOD_CASES[case]
+    m = get_method(name, dataset=ds)
+    for seed in range(2):
+        _assert_same(lambda z: attack(m, z), ref, unit(views, b, 30 + seed), grad_views)
+
+
+@pytest.mark.parametrize("name", ["rocl", "rocl-ip", "rocl-hn", "rocl-iphn"])
+def test_rocl_regulariser_is_the_release(name):
+    """The regulariser is the attack's NT_xent on [adv, t2]; both views get its gradient."""
+    m = get_method(name)
+    assert m.params.reg_forward == "separate" and m.params.reg_weight == 1 / 256
+    for b in BATCHES:
+        _assert_same(m.pair_loss, rocl_pair_released, unit(2, b, 40), (0, 1))
+
+
+@pytest.mark.parametrize("name", ["advcl-ip", "advcl-iphn"])
+def test_advcl_adapted_lam_is_the_release(name):
+    """After the warm-up lam is a 0-d device tensor: the release's form with that lam."""
+    m = get_method(name)
+    _, w, hn = ADVCL_SETTINGS[name]["cifar10"]
+    lam = torch.tensor(0.41, dtype=torch.float64)
+    ref = lambda z: advcl_ainfonce_released(z, 0.41, w, hn)  # noqa: E731
+    for b in BATCHES:
+        _assert_same(lambda z: m.contrast(z, lam), ref, unit(4, b, 50), range(4))
+
+
+def _same_value_and_grad(fn, ref, z0) -> None:
+    v1, g1 = _value_and_grad(fn, z0)
+    v2, g2 = _value_and_grad(ref, z0)
+    assert torch.allclose(v1, v2, rtol=0, atol=1e-12) and torch.allclose(g1, g2, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("ds", ["cifar10", "cifar100"])
+def test_rocl_named_options_give_the_clean_forms(ds):
+    """detach_contrast=False: plain gradients in the contrast, attack and regulariser;
+    hn_form="hcl": HCL's hard-negative weights (the variants' forms before the released defaults)."""
+    z3, z2 = unit(3, 6, 60), unit(2, 6, 61)
+    clean = get_method("rocl", dataset=ds, detach_contrast=False)
+    _same_value_and_grad(clean.contrast, lambda z: 2 * info_nce(z, T), z3)
+    _same_value_and_grad(clean.pair_loss, lambda z: info_nce(z, T), z2)
+    assert (_value_and_grad(clean.pair_loss, z2)[1] - _value_and_grad(_rocl_pair, z2)[1]).abs().max() > 1e-3
+    for name, per in ROCL_SETTINGS.items():
+        lam, w_release, hn = per[ds]
+        m = get_method(name, dataset=ds, detach_contrast=False, hn_form="hcl")
+        w = w_release / 2 if lam is not None else 1.0
+        today = partial(a_info_nce, adv=(2,), temperature=T, ip=lam, adv_weight=w, hn=hn)
+        _same_value_and_grad(m.contrast, lambda z: 2 * today(z), z3)  # noqa: B023 (called here)
+        _same_value_and_grad(m.pair_loss, lambda z: info_nce(z, T), z2)
+
+
+@pytest.mark.parametrize("ds", ["cifar10", "cifar100"])
+def test_advcl_named_options_give_the_clean_forms(ds):
+    """loss_form="clean": F a_info_nce with HCL's hard negatives; attack_form="clean": info_nce."""
+    z = unit(4, 6, 70)
+    for name, per in ADVCL_SETTINGS.items():
+        lam, w, hn = per[ds]
+        m = get_method(name, dataset=ds, loss_form="clean", attack_form="clean")
+        today = partial(a_info_nce, adv=(0,), temperature=T, ip=lam, adv_weight=w, hn=hn)
+        _same_value_and_grad(m.contrast, lambda z: ADVCL_FACTOR * today(z), z)  # noqa: B023 (called here)
+        _same_value_and_grad(m.attack_contrast, lambda z: info_nce(z, T), z)
+        released = get_method(name, dataset=ds)
+        assert (_value_and_grad(released.attack_contrast, z)[1] - _value_and_grad(m.attack_contrast, z)[1]).abs().max() > 1e-3
+        if hn is not None:  # without hard negatives the two contrastive forms coincide (advcl-ip)
+            assert (_value_and_grad(released.contrast, z)[0] - _value_and_grad(m.contrast, z)[0]).abs() > 1e-3
+
+
+def test_form_options_are_checked():
+    with pytest.raises(UnknownName, match="unknown hn_form 'hcll' \\(did you mean 'hcl'\\?\\)"):
+        get_method("rocl-hn", hn_form="hcll")
+    with pytest.raises(UnknownName, match="unknown loss_form 'release' \\(did you mean 'released'\\?\\)"):
+        get_method("advcl-iphn", loss_form="release")
+    with pytest.raises(UnknownName, match="unknown attack_form"):
+        get_method("advcl-ip", attack_form="info_nce")
+    with pytest.raises(UnknownName, match="unknown reg_forward 'shard'"):
+        get_method("rocl", reg_forward="shard")
+    for name, options in {
+        "rocl": {"detach_contrast": True, "reg_forward": "separate", "sum_positives": True},
+        "rocl-iphn": {"detach_contrast": True, "reg_forward": "separate", "hn_form": "a-infonce"},
+        "advcl-hn": {"loss_form": "released", "attack_form": "released"},
+    }.items():
+        params = get_method(name).describe()["params"]
+        assert {k: params[k] for k in options} == options, name
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The method contract (abstract base, self-validating parameters, class-level requirements), the
 registry, one training step of every registered method, and a plugin method."""
 
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import torch
 from helpers import one_step
 
 import methods
+import methods.rocl
 from benchmark.errors import AcbenchError, ConfigError, UnknownName
 from benchmark.models import BackboneConfig
 from methods import UnknownMethod, get_method, list_methods, method_class, register_method
@@ -145,16 +147,119 @@ def test_recipe_errors_are_config_errors():
 # ---- method details -----------------------------------------------------------------------------
 
 
+def _value_and_grad(fn, z0):
+    z = z0.clone().requires_grad_(True)
+    v = fn(z)
+    return v.detach(), torch.autograd.grad(v, z)[0]
+
+
 def test_rocl_loss_equals_info_nce_forms():
-    """RoCL's contrast = 2 x info_nce on [t1, t2, adv]; rocl-ip's = 2 x a_info_nce(adv=(2,), ip, w)."""
+    """RoCL's contrast = 2 x info_nce on [t1, t2, adv]; rocl-ip's = 2 x a_info_nce(adv=(2,), ip, w);
+    both with the detached contrast side (value and gradient)."""
     from methods.losses import a_info_nce, info_nce
 
-    z = torch.nn.functional.normalize(torch.randn(3, 8, 16), dim=-1)
-    assert torch.allclose(get_method("rocl").contrast(z), 2 * info_nce(z, 0.5))
+    z = torch.nn.functional.normalize(torch.randn(3, 8, 16, dtype=torch.float64), dim=-1)
+
+    def same(f, g):
+        (v1, g1), (v2, g2) = _value_and_grad(f, z), _value_and_grad(g, z)
+        return torch.allclose(v1, v2, atol=1e-12) and torch.allclose(g1, g2, atol=1e-12)
+
+    assert same(get_method("rocl").contrast, lambda x: 2 * info_nce(x, 0.5, detach_contrast=True))
     ip = get_method("rocl-ip")
-    assert torch.allclose(ip.contrast(z), 2 * a_info_nce(z, adv=(2,), ip=0.2, adv_weight=0.5))
+    assert same(ip.contrast, lambda x: 2 * a_info_nce(x, adv=(2,), ip=0.2, adv_weight=0.5, detach_contrast=True))
+    assert not same(ip.contrast, lambda x: 2 * a_info_nce(x, adv=(2,), ip=0.2, adv_weight=0.5))
     plain = get_method("rocl-ip", ip=None, adv_weight=1.0)
-    assert torch.allclose(plain.contrast(z), get_method("rocl").contrast(z))
+    assert same(plain.contrast, get_method("rocl").contrast)
+
+
+class _Calls:
+    """Records the arguments of a method's function (wrapped on its class) in call order."""
+
+    def __init__(self, monkeypatch, cls, name, log):
+        original = getattr(cls, name)
+
+        def spy(method, z, *args):
+            log.append((name, z.detach().clone()))
+            return original(method, z, *args)
+
+        monkeypatch.setattr(cls, name, spy)
+
+
+@pytest.mark.parametrize("reg_forward", ["separate", "shared"])
+def test_rocl_regulariser_forward(monkeypatch, reg_forward):
+    """"separate" (released): the attack (K calls of pair_loss, eval mode), then the regulariser
+    on its own train-mode forward of [adv, t2], then the 3-view forward; "shared": the
+    regulariser reads the 3-view embeddings. The normal BN's statistics count the forwards."""
+    log = []
+    _Calls(monkeypatch, methods.rocl.RoCL, "pair_loss", log)
+    _Calls(monkeypatch, methods.rocl.RoCL, "contrast", log)
+    s = one_step("rocl", attack_steps=3, reg_forward=reg_forward)
+    order = [name for name, _ in log]
+    key = "encoder.bn1.bn.normal.num_batches_tracked"
+    tracked = int(s.model.state_dict()[key] - s.before[key])
+    (z3,) = [z for name, z in log if name == "contrast"]
+    reg_z = log[3][1] if reg_forward == "separate" else log[4][1]
+    if reg_forward == "separate":
+        assert order == ["pair_loss"] * 4 + ["contrast"] and tracked == 2
+        assert not torch.allclose(reg_z, torch.stack([z3[2], z3[1]]), atol=1e-4)  # other BN batch
+    else:
+        assert order == ["pair_loss"] * 3 + ["contrast", "pair_loss"] and tracked == 1
+        assert torch.equal(reg_z, torch.stack([z3[2], z3[1]]))
+    assert torch.allclose(s.logs["reg"], s.method.pair_loss(reg_z))
+    assert torch.allclose(s.loss.detach(), s.logs["contrast"] + s.logs["reg"] / 256)
+
+
+@pytest.mark.parametrize("name", ["advcl", "advcl-ip", "advcl-iphn"])
+def test_advcl_attack_runs_the_methods_attack_contrast(monkeypatch, name):
+    """The attack objective's contrastive part is the method's own attack_contrast, once per
+    step, on [x_cl, t1, t2, HFC]."""
+    log = []
+    _Calls(monkeypatch, method_class(name), "attack_contrast", log)
+    one_step(name, attack_steps=2)
+    assert len(log) == 2 and all(z.shape == (4, 8, 128) for _, z in log)
+
+
+# ---- initialisation -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,init",
+    [("acl", "kaiming-fan-out"), ("advcl", "kaiming-fan-out"), ("advcl-iphn", "kaiming-fan-out"),
+     ("rocl", "default"), ("rocl-hn", "default"), ("simclr", "default"), ("acl:default", "default")],
+)
+def test_backbone_init_is_the_release(name, init):
+    """ACL and AdvCL: every conv ~ N(0, 2 / fan_out) (kaiming_normal_, fan-out, ReLU), BN 1 / 0,
+    heads untouched; RoCL and SimCLR: PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (std
+    1/sqrt(3 fan_in)). Sample std within 5 standard errors (relative SE <= 1/sqrt(2n))."""
+    name, _, override = name.partition(":")
+    m = get_method(name, **({"init": override} if override else {}))
+    assert m.params.init == init and m.describe()["params"]["init"] == init
+    torch.manual_seed(0)
+    model = m.build_model(BackboneConfig("resnet18-small"))
+    convs = [c for c in model.encoder.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert len(convs) == 20
+    for conv in convs:
+        w = conv.weight.detach().double()
+        n, fan_in, fan_out = w.numel(), w[0].numel(), w.shape[0] * w[0, 0].numel()
+        if init == "kaiming-fan-out":
+            sigma = math.sqrt(2 / fan_out)
+        else:
+            sigma = 1 / math.sqrt(3 * fan_in)
+            assert w.abs().max() <= 1 / math.sqrt(fan_in)
+        assert abs(w.std().item() / sigma - 1) < 5 / math.sqrt(2 * n), (conv, w.std().item(), sigma)
+        assert abs(w.mean().item()) < 5 * sigma / math.sqrt(n)
+    bns = [b for b in model.encoder.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert bns and all(torch.all(b.weight == 1) and torch.all(b.bias == 0) for b in bns)
+    for lin in model.head.modules():  # heads keep PyTorch's Linear initialisation
+        if isinstance(lin, torch.nn.Linear):
+            assert lin.weight.abs().max() <= 1 / math.sqrt(lin.in_features)
+
+
+def test_init_is_checked():
+    with pytest.raises(UnknownName, match="unknown init 'kaiming' \\(did you mean 'kaiming-fan-out'\\?\\)"):
+        get_method("acl", init="kaiming")
+    with pytest.raises(UnknownName, match="unknown init"):
+        ContrastiveParams(init="xavier")
 
 
 def test_acl_attack_uses_pgd_branch_and_no_weight_grads():

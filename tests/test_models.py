@@ -1,7 +1,13 @@
+import math
+
 import pytest
 import torch
 
+from benchmark.config import PRESETS, get_preset
+from benchmark.errors import UnknownName
 from benchmark.models import (
+    BACKBONES,
+    INITS,
     BackboneConfig,
     CheckpointMismatch,
     Classifier,
@@ -10,6 +16,7 @@ from benchmark.models import (
     ResNet,
     branch_state_dict,
     classifier_from_encoder,
+    init_backbone,
     load_strict,
 )
 
@@ -57,8 +64,10 @@ def test_load_strict_names_mismatches():
 
 
 def test_unknown_branch_and_backbone():
-    with pytest.raises(ValueError, match="unknown backbone"):
+    with pytest.raises(UnknownName, match="unknown backbone 'resnet50' \\(did you mean 'resnet18'\\?\\)"):
         BackboneConfig("resnet50")
+    with pytest.raises(KeyError):  # UnknownName is a KeyError
+        BackboneConfig("resnet18-stl")
     enc = ResNet(BackboneConfig("resnet10-tiny"), branches=("normal", "pgd"))
     with pytest.raises(ValueError, match="unknown BN branch"):
         enc(torch.rand(2, 3, 16, 16), "pgd_ce")
@@ -74,3 +83,72 @@ def test_normalisation_inside_and_dual_bn_head():
     assert torch.allclose(z.norm(dim=1), torch.ones(6), atol=1e-5)
     assert sum(1 for n, _ in head.named_parameters() if ".bn.pgd." in n) == 6  # 3 BNs x (weight, bias)
     assert torch.allclose(enc.normalize(torch.full((1, 3, 2, 2), 0.75)), torch.ones(1, 3, 2, 2))
+
+
+# ---- the ImageNet stem (STL-10 at 96 px) -------------------------------------------------------
+
+
+def test_imagenet_stem_at_96px():
+    """resnet18-imagenet: Conv2d(3, 64, 7, stride 2, padding 3, no bias), MaxPool2d(3, 2, 1), the
+    ResNet-18 stages, adaptive average pool: 96 -> 48 -> 24 -> 24 -> 12 -> 6 -> 3, 512-d."""
+    torch.manual_seed(0)
+    cfg = BackboneConfig("resnet18-imagenet")
+    enc = ResNet(cfg, branches=("normal", "pgd")).eval()
+    c = enc.conv1
+    assert (c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.bias) == (
+        3, 64, (7, 7), (2, 2), (3, 3), None,
+    )
+    pool = enc.maxpool
+    assert isinstance(pool, torch.nn.MaxPool2d) and (pool.kernel_size, pool.stride, pool.padding) == (3, 2, 1)
+    sizes = []
+    hooks = [mod.register_forward_hook(lambda _m, _i, out: sizes.append(tuple(out.shape[-2:])))
+             for mod in (enc.conv1, enc.maxpool, enc.blocks[1], enc.blocks[3], enc.blocks[5], enc.blocks[7])]
+    x = torch.rand(2, 3, 96, 96)
+    f = enc(x, "pgd")
+    for h in hooks:
+        h.remove()
+    assert sizes == [(48, 48), (24, 24), (24, 24), (12, 12), (6, 6), (3, 3)]
+    assert f.shape == (2, 512) and cfg.feature_dim == 512 == enc.feature_dim
+    # the CIFAR backbones keep their stem (no pooling) and state-dict keys; so does the classifier
+    assert ResNet(BackboneConfig("resnet18")).maxpool is None
+    assert enc.state_dict().keys() == ResNet(BackboneConfig("resnet18"), ("normal", "pgd")).state_dict().keys()
+    clf = classifier_from_encoder(enc, "pgd", num_classes=10).eval()
+    assert torch.allclose(clf.encoder(x), f, atol=1e-5)
+
+
+def test_paper_preset_pretrains_stl10_on_the_imagenet_stem():
+    paper = get_preset("paper")
+    assert paper.backbone_for("stl10") == "resnet18-imagenet"
+    assert paper.backbone_for("cifar10") == paper.backbone_for("cifar100") == paper.backbone == "resnet18"
+    for preset in PRESETS.values():
+        assert all(b in BACKBONES for b in [preset.backbone, *preset.backbones.values()])
+        if preset.name != "paper":
+            assert preset.backbone_for("stl10") == preset.backbone
+
+
+# ---- initialisation ----------------------------------------------------------------------------
+
+
+def test_init_backbone():
+    """"kaiming-fan-out": convs N(0, 2 / fan_out), BN 1 / 0; "default": nothing changes, and no
+    random number is drawn."""
+    assert INITS == ("default", "kaiming-fan-out")
+    torch.manual_seed(0)
+    enc = ResNet(BackboneConfig("resnet18-imagenet"), branches=("normal",))
+    for bn in enc.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(bn.weight)
+            torch.nn.init.uniform_(bn.bias)
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    state = torch.get_rng_state()
+    init_backbone(enc, "default")
+    assert all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())
+    assert torch.equal(torch.get_rng_state(), state)
+    init_backbone(enc, "kaiming-fan-out")
+    w = enc.conv1.weight  # 64 x 3 x 7 x 7: fan_out 64 * 49
+    assert abs(w.std().item() / math.sqrt(2 / (64 * 49)) - 1) < 5 / math.sqrt(2 * w.numel())
+    assert all(not torch.equal(v, before[k]) for k, v in enc.state_dict().items() if k.endswith("conv1.weight"))
+    bns = [b for b in enc.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert all(torch.all(b.weight == 1) and torch.all(b.bias == 0) for b in bns)
+    with pytest.raises(UnknownName, match="unknown init 'kaiming_fan_out'"):
+        init_backbone(enc, "kaiming_fan_out")
