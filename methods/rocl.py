@@ -68,8 +68,9 @@ class RoCL(Method):
         return Recipe(
             epochs=1000, batch_size=512, optimizer="lars", lr=15 * self.params.base_lr,
             momentum=0.9, weight_decay=1e-6, warmup_epochs=10, warmup_start=1 / 15,
-            optimizer_options=(("eta", 1e-3), ("eps", 1e-8)),
-            source="RoCL paper and Kim-Minseon/RoCL (LARS over SGD, warm-up x15 over 10 epochs, cosine); "
+            # torchlars over SGD: the learning rate multiplies the momentum buffer, not the update
+            optimizer_options=(("eta", 1e-3), ("eps", 1e-8), ("lr_in_momentum", False)),
+            source="RoCL paper and Kim-Minseon/RoCL (torchlars LARS over SGD, warm-up x15 over 10 epochs, cosine); "
             "A-InfoNCE (yqy2001/A-InfoNCE) for the variants' learning rates",
         )
 

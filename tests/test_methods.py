@@ -15,6 +15,7 @@ import methods
 import methods.rocl
 from benchmark.errors import AcbenchError, ConfigError, UnknownName
 from benchmark.models import BackboneConfig
+from benchmark.optim import LARS, build_optimizer
 from methods import UnknownMethod, get_method, list_methods, method_class, register_method
 from methods.acl import ACL
 from methods.base import AdversarialParams, ContrastiveParams, Method, Recipe
@@ -135,6 +136,16 @@ def test_register_duplicate_name_is_an_error():
             pass
 
     assert method_class("acl") is ACL and ACL.name == "acl"
+
+
+@pytest.mark.parametrize("name", ["rocl", "rocl-ip", "rocl-hn", "rocl-iphn"])
+def test_rocl_recipe_is_torchlars_over_sgd(name):
+    """The release's torchlars applies the learning rate outside the momentum buffer."""
+    r = get_method(name).paper_recipe("cifar10")
+    assert r.optimizer == "lars" and dict(r.optimizer_options) == {"eta": 1e-3, "eps": 1e-8, "lr_in_momentum": False}
+    opt = build_optimizer([torch.nn.Parameter(torch.ones(2))], r.optimizer, lr=r.lr, momentum=r.momentum,
+                          weight_decay=r.weight_decay, **dict(r.optimizer_options))
+    assert isinstance(opt, LARS) and opt.param_groups[0]["lr_in_momentum"] is False
 
 
 def test_recipe_errors_are_config_errors():
