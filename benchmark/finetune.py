@@ -1,10 +1,12 @@
 """The finetuning loop shared by every scheme (``benchmark.schemes``: SLF, ALF, AFF, plugins).
 
 The encoder is the pretrained model's finetuning BN branch (the adversarial one for dual-BN
-methods) turned into a plain single-BN network with strict key matching; the classifier is a
-zero-initialised linear layer on the pooled feature. The loop owns the optimiser (SGD on the head,
-or on everything when the scheme trains the encoder), the step schedule, the crop-and-flip
-augmentation, model selection and the checkpoint; the scheme gives each batch's loss.
+methods; ``FinetuneConfig.branch`` may name it) turned into a plain single-BN network with strict
+key matching; the classifier is a zero-initialised linear layer on the pooled feature. The scheme
+builds that model (dual-BN AFF keeps two BN branches while it trains and converts to the finetuned
+one at the end) and gives each batch's loss. The loop owns the optimiser (SGD on the head, or on
+everything when the scheme trains the encoder), the step schedule, the crop-and-flip augmentation,
+model selection and the checkpoint, which always holds the single-BN classifier.
 
 Model selection is the last epoch, or (``selection="val"``) the epoch with the best PGD-20
 accuracy on the held-out validation split. The test set is never looked at here.
@@ -26,7 +28,7 @@ from benchmark.augment import CropFlip
 from benchmark.checkpoints import CLASSIFIER, load_classifier, load_encoder  # noqa: F401  (re-exported)
 from benchmark.data import Dataset
 from benchmark.io import CheckpointError, save_checkpoint
-from benchmark.models import CheckpointMismatch, classifier_from_encoder
+from benchmark.models import CheckpointMismatch
 from benchmark.schemes import FinetuneConfig, get_scheme
 
 
@@ -55,9 +57,9 @@ def run_finetune(
     scheme = get_scheme(cfg.scheme)
     torch.manual_seed(seed)
     encoder, ck = load_encoder(encoder_path, device)
-    branch = ck["finetune_branch"]
+    branch = cfg.branch or ck["finetune_branch"]
     try:
-        model = classifier_from_encoder(encoder, branch, data.num_classes).to(device)
+        model = scheme.build_model(encoder, branch, data.num_classes, cfg).to(device)
     except CheckpointMismatch as e:
         raise CheckpointError(f"{encoder_path}: {e}") from None
     if device.type == "cuda":
@@ -129,7 +131,7 @@ def run_finetune(
     if cfg.selection == "val" and best[2] is not None:
         model.load_state_dict(best[2])
         chosen_epoch = best[1]
-    model.eval()
+    model = scheme.to_classifier(model, cfg).eval()
     save_checkpoint(
         out_dir / CLASSIFIER,
         "classifier",

@@ -93,6 +93,9 @@ def test_paper_configs_follow_the_protocol():
         aff = get_scheme("aff").paper_config(dataset)
         assert (aff.scheme, aff.epochs, aff.batch_size, aff.lr, aff.milestones) == ("aff", 25, 128, 0.1, (15, 20))
         assert (aff.momentum, aff.weight_decay, aff.trades_beta, aff.attack_steps) == (0.9, 2e-4, 6.0, 10)
+        # the checkpoint's finetuning branch, single BN: nothing protocol-specific
+        assert all((c.branch, c.dual_bn) == ("", False) for c in (cfg, aff))
+        assert {"branch", "dual_bn"} <= set(aff.to_dict())  # part of the finetune stage key
     # presets scale the registry's recipe: smoke overrides epochs/batch/lr, keeps the rest
     smoke = PRESETS["smoke"].finetune_config("alf", "cifar100", "val")
     assert (smoke.epochs, smoke.batch_size, smoke.lr, smoke.attack_steps) == (2, 32, 0.5, 2)
@@ -160,6 +163,7 @@ def test_scheme_trains_what_it_should(tmp_path, encoder_path, scheme):
     same = all(torch.equal(clf.encoder.state_dict()[k], v) for k, v in pgd.items())
     assert same == (scheme != "aff")  # SLF/ALF: frozen encoder (weights and BN statistics)
     assert torch.count_nonzero(clf.fc.weight) > 0  # the zero-initialised head was trained
+    assert torch.load(tmp_path / "classifier.pt", weights_only=True)["config"]["dual_bn"] is False
     x = data.test_x[:4].float() / 255
     assert clf(x).shape == (4, 10)
 

@@ -5,6 +5,11 @@ A scheme is one file holding a :class:`Scheme` subclass registered by name; the 
 checkpoint) is shared and asks the scheme for each batch's loss. Built in (``docs/protocol.md``):
 ``slf`` (standard linear), ``alf`` (adversarial linear), ``aff`` (adversarial full, TRADES).
 
+A scheme also builds the model it trains from the pretrained encoder (:meth:`Scheme.build_model`)
+and turns it into the single-BN :class:`~benchmark.models.Classifier` that is saved
+(:meth:`Scheme.to_classifier`): AFF with ``FinetuneConfig.dual_bn`` trains a dual-BN model
+(``benchmark.schemes.dual_bn``) and keeps its adversarial branch.
+
 A new scheme needs no edit anywhere else: register it in a module and load that module with
 ``SCHEMES.load_plugin("my_pkg.my_scheme")`` (or ``acbench --plugin``), or declare it in the
 ``acbench.schemes`` entry-point group::
@@ -26,9 +31,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from benchmark.errors import ConfigError, check_choice
-from benchmark.models import Classifier
+from benchmark.models import Classifier, ResNet, classifier_from_encoder
 from benchmark.registry import Registry
 
 EPS = 8 / 255
@@ -45,6 +51,7 @@ class Scheme(abc.ABC):
     """
 
     trains_encoder: bool = False  # False: the encoder is frozen and only the linear head trains
+    supports_dual_bn: bool = False  # True: FinetuneConfig.dual_bn may ask for a dual-BN model
 
     def __init__(self, name: str, label: str, order: int) -> None:
         self.name = name
@@ -64,6 +71,20 @@ class Scheme(abc.ABC):
         It sets the model's mode itself (train or eval: frozen encoders keep their BN statistics)
         and makes any adversarial examples it trains on; the loop only back-propagates the result.
         """
+
+    def build_model(
+        self, encoder: ResNet, branch: str, num_classes: int, cfg: FinetuneConfig
+    ) -> nn.Module:
+        """The model this scheme trains, from BN branch ``branch`` of the pretrained encoder.
+
+        Here the single-BN classifier (strict key matching). It must have ``encoder`` and ``fc``
+        (the loop freezes or trains them) and map [0, 1] images to logits when called on them.
+        """
+        return classifier_from_encoder(encoder, branch, num_classes)
+
+    def to_classifier(self, model: nn.Module, cfg: FinetuneConfig) -> Classifier:
+        """The trained model as the single-BN classifier that is saved and evaluated."""
+        return model
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -108,7 +129,13 @@ def scheme_sort_key(name: str) -> tuple[int, str]:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """One finetuning run: the scheme, the optimiser, the attack it trains against, selection."""
+    """One finetuning run: the scheme, the optimiser, the attack it trains against, selection.
+
+    ``branch`` names the pretrained encoder's BN branch that is finetuned ("": the one its
+    checkpoint names, ``finetune_branch``). ``dual_bn`` (schemes that support it: AFF) trains
+    with two BN branches, "normal" for clean images and ``branch`` for adversarial ones, and
+    keeps ``branch``. ``benchmark.protocols`` makes these for each protocol.
+    """
 
     scheme: str
     epochs: int
@@ -123,9 +150,13 @@ class FinetuneConfig:
     trades_beta: float = 6.0
     selection: str = "last"
     crop_padding: int = 4
+    branch: str = ""
+    dual_bn: bool = False
 
     def __post_init__(self) -> None:
-        SCHEMES.get(self.scheme)  # UnknownName (did you mean ...) for an unregistered scheme
+        cls = SCHEMES.get(self.scheme)  # UnknownName (did you mean ...) for an unregistered scheme
+        if self.dual_bn and not cls.supports_dual_bn:
+            raise ConfigError(f"scheme {self.scheme!r} has no dual-BN form (dual_bn=True)")
         check_choice("selection", self.selection, SELECTIONS)
         if self.epochs < 1 or self.batch_size < 1:
             raise ConfigError("finetuning epochs and batch size must be >= 1")
