@@ -6,11 +6,13 @@ setting (threat model, eps, n_test and the full settings of every attack the rec
 backbone and selection rule, so that no table ever mixes protocols. Rows are methods; for each
 finetuning scheme the columns are clean / PGD-20 / AutoAttack accuracy, then any other metric the
 records hold (another attack such as ``ta:CW``), each mean +- sample std (n seeds) over seeds;
-"mean AA" (AutoAttack averaged over schemes) ranks the rows. Tables of the ``paper`` preset also
-show the RobustSSL leaderboard's published numbers (``results/reported/``) and the difference
-reproduction - reported; no other preset ever meets them. A flags column collects what makes a
-number less trustworthy: AutoAttack warnings, broken invariants (autoattack <= pgd20 <= clean), a
-test subset below the protocol's, recipe deviations, missing seeds, schemes or metrics.
+"mean AA" (AutoAttack averaged over schemes) ranks the rows. Tables of the ``robustssl`` finetuning
+protocol under the ``paper`` preset also show the RobustSSL leaderboard's published numbers
+(``results/reported/``) and the difference reproduction - reported; ``uniform`` tables and other
+presets never meet them. A flags column collects what makes a number less trustworthy: AutoAttack
+warnings, broken invariants (autoattack <= pgd20 <= clean), a test subset below the protocol's,
+recipe deviations, a run's deviations from its protocol, missing seeds, schemes or metrics; the
+deviations every record of a protocol shares are said once, in the table's legend.
 
 Like RobustBench, the records are the single source of truth and every output is a thin renderer
 over one :class:`Leaderboard` (its types: ``benchmark.leaderboard_types``): markdown, CSV, JSON
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -41,6 +43,7 @@ from benchmark.leaderboard_reported import (
     reported_index,
 )
 from benchmark.leaderboard_types import (
+    DEFAULT_PROTOCOL,
     METRICS,
     Cell,
     Leaderboard,
@@ -49,6 +52,7 @@ from benchmark.leaderboard_types import (
     Table,
     attack_settings_key,
 )
+from benchmark.protocols import PROTOCOL_DEVIATION, PROTOCOLS, ROBUSTSSL, common_deviations
 from benchmark.records import (
     INVARIANT,
     RECIPE_DEVIATION,
@@ -169,6 +173,9 @@ def _build_table(key: tuple, records: list[Record], index: ReportedIndex) -> Tab
     schemes = tuple(sorted({r.scheme for r in records}, key=scheme_sort_key))
     others = {m for r in records for m in r.metrics} - set(METRICS)
     metrics = METRICS + tuple(sorted(others))
+    # what every record of this protocol deviates in: in the legend, not in each row's flags
+    common = common_deviations(protocol) if protocol in PROTOCOLS else ()
+    shared = frozenset(Flag(PROTOCOL_DEVIATION, m) for m in common)
 
     # (method, scheme, seed) -> record; a re-run keeps the newest, and says so.
     by_run: dict[tuple[str, str, int], Record] = {}
@@ -200,11 +207,11 @@ def _build_table(key: tuple, records: list[Record], index: ReportedIndex) -> Tab
         aa = [cells[s]["autoattack"].mean for s in schemes if cells[s]["autoattack"].n]
         reported = {}
         for s in schemes:
-            ref = find_reported(index, method, preset, pre, fine, s, threat, eps)
+            ref = find_reported(index, method, preset, protocol, pre, fine, s, threat, eps)
             if ref is not None:
                 reported[s] = _reported(ref, cells[s])
         flags = _row_flags(
-            runs, schemes, metrics, fine, n_test, max_seeds, duplicates.get(method, set())
+            runs, schemes, metrics, fine, n_test, max_seeds, duplicates.get(method, set()), shared
         )
         rows.append(
             Row(
@@ -240,7 +247,23 @@ def _build_table(key: tuple, records: list[Record], index: ReportedIndex) -> Tab
         protocol=protocol,
         metrics=metrics,
         attacks=json.loads(attacks),
+        notes=_protocol_notes(protocol, common),
     )
+
+
+def _protocol_notes(protocol: str, common: Sequence[str]) -> tuple[str, ...]:
+    """The legend's lines on a protocol other than the default one."""
+    if protocol == DEFAULT_PROTOCOL:
+        return ()
+    if protocol != ROBUSTSSL:
+        return (f"protocol {protocol}: finetuning protocol unknown to this acbench.",)
+    text = (
+        "protocol robustssl: each method finetuned as the RobustSSL benchmark finetuned its "
+        "family (batch, lr, schedule, epochs, dual-BN AFF; docs/protocol.md)"
+    )
+    if common:
+        text += "; acbench differs in every run: " + "; ".join(common)
+    return (text + ".",)
 
 
 def _cell(runs: list[tuple[int, Record]], metric: str) -> Cell:
@@ -277,6 +300,8 @@ def short_flag(flag: Flag) -> str:
         return short_autoattack_warning(flag.message)
     if kind == RECIPE_DEVIATION:
         return _clip(f"deviation: {flag.message}")
+    if kind == PROTOCOL_DEVIATION:
+        return _clip(f"protocol: {flag.message}")
     if kind == INVARIANT:  # the values differ between seeds: drop them, so that the flags merge
         return _clip("invariant: " + " ".join(w for w in flag.message.split() if not _numeral(w)))
     if kind == "note":  # an acbench.record/1 flag without a kind: its text as written
@@ -304,9 +329,10 @@ def _clip(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1].rstrip() + "…"
 
 
-def record_flags(record: Record) -> set[str]:
-    """The short flags of one record: its own, its AutoAttack warnings, its broken invariants."""
-    flags = {short_flag(f) for f in record.flags}
+def record_flags(record: Record, omit: Collection[Flag] = ()) -> set[str]:
+    """The short flags of one record: its own (but ``omit``), its AutoAttack warnings, its
+    broken invariants."""
+    flags = {short_flag(f) for f in record.flags if f not in omit}
     flags |= {short_autoattack_warning(w) for w in record.autoattack_warnings}
     flags |= {short_flag(f) for f in invariant_flags(record.metrics)}
     return flags
@@ -320,6 +346,7 @@ def _row_flags(
     n_test: int,
     max_seeds: int,
     duplicates: set[tuple[str, int]],
+    shared: Collection[Flag] = (),
 ) -> tuple[str, ...]:
     where: dict[str, set[tuple[str, int | None]]] = {}
 
@@ -327,7 +354,7 @@ def _row_flags(
         where.setdefault(text, set()).update(locations)
 
     for (s, seed), rec in runs.items():
-        for text in record_flags(rec):
+        for text in record_flags(rec, omit=shared):
             add(text, [(s, seed)])
         for metric in metrics:
             if _num(rec.metrics.get(metric)) is None:

@@ -87,6 +87,7 @@ class Table:
     protocol: str = DEFAULT_PROTOCOL
     metrics: tuple[str, ...] = METRICS  # the standard ones, then the others by name
     attacks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # canonical settings
+    notes: tuple[str, ...] = ()  # legend lines on the protocol (what all its records deviate in)
 
     @property
     def attacks_id(self) -> str:
@@ -145,6 +146,7 @@ class Table:
                     for spec, s in self.attacks.items()
                 )
             )
+        lines += self.notes
         if self.show_reported:
             lines.append(
                 "reported (Δ): the RobustSSL benchmark leaderboard's number (ResNet-18, full "

@@ -199,11 +199,14 @@ RUNS: dict[tuple[str, str, str], tuple[int, bool]] = {
 }
 
 # acbench's deviations from the release on every robustssl run (each release behaviour is not
-# reproducible or not sound); protocol_flags adds those specific to one run.
+# reproducible or not sound); protocol_flags adds those specific to one run. The release:
+# AutoAttack(..., seed=None) seeds from the clock (V/utils.py:391); every load is strict=False with
+# missing keys only logged (:534,540,552,555-557); pgd_attack's first forward and TRADES' start
+# are not clipped to [0, 1] (:234-243, :567, :609).
 ROBUSTSSL_DEVIATIONS = (
-    "AutoAttack seed fixed (release: seed=None, i.e. the clock; V/utils.py:391)",
-    "strict checkpoint loading (release: strict=False, missing keys only logged; V/utils.py:534-557)",
-    "attacks start inside [0, 1] (release: PGD and TRADES starts unclipped; V/utils.py:234-243,567)",
+    "AutoAttack seed fixed (release: seed=None, i.e. the clock)",
+    "strict checkpoint loading (release: strict=False, missing keys only logged)",
+    "attacks start inside [0, 1] (release: unclipped PGD and TRADES starts)",
 )
 
 
@@ -350,20 +353,20 @@ def protocol_flags(
     if (family, pretrain_dataset, finetune_dataset) not in RUNS:
         key = dataset_key(pretrain_dataset, finetune_dataset)
         messages.append(
-            f"RobustSSL ran no {family} {pretrain_dataset} -> {finetune_dataset} finetuning "
-            f"(V/run_vanilla_tune.sh): settings of its {key} branch"
+            f"not run by RobustSSL ({family} {pretrain_dataset} -> {finetune_dataset} is not in "
+            f"its run_vanilla_tune.sh): settings of its {key} branch"
         )
     dual = scheme == "aff" and release_dual_bn(family, pretrain_dataset, finetune_dataset)
-    if dual and family in SINGLE_BN_CHECKPOINT:
+    if dual and family in SINGLE_BN_CHECKPOINT:  # V/utils.py:476-492,542-553
         messages.append(
-            "release's strict=False load of this single-BN checkpoint into its dual-BN AFF model "
-            "left every BN layer and shortcut convolution at initialisation and added ImageNet "
-            "input normalisation (V/utils.py:476-492,542-553); acbench starts both branches from "
-            "the encoder's and keeps its normalisation"
+            "release left BN layers and shortcut convs at init: its strict=False load of this "
+            "single-BN checkpoint into the dual-BN AFF model matched none of them, and it added "
+            "ImageNet input normalisation; acbench starts both BN branches from the encoder's "
+            "and keeps its normalisation"
         )
-    if selection != "last":
+    if selection != "last":  # V/utils.py:727-762
         messages.append(
-            f"epoch selected on the {selection} split (release: the last epoch; with "
-            "--test_frequency > 0 it would select on the test set, V/utils.py:727-762)"
+            f"{selection}-split epoch selection (release: the last epoch; with "
+            "--test_frequency > 0 it would select on the test set)"
         )
     return tuple(Flag(PROTOCOL_DEVIATION, m) for m in messages)

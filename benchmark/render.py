@@ -133,7 +133,9 @@ def _r(x: float | None, digits: int = 4) -> float | None:
 def render_csv(board: Leaderboard) -> str:
     """One row per (table, method); numbers as numbers (std empty for one seed). The columns
     ``protocol`` and ``attacks`` (the settings id of the table title) appear only when some table
-    has a protocol other than uniform, or records that carry attack settings."""
+    has a protocol other than uniform, or records that carry attack settings; the reported
+    columns only when some table shows reported numbers (``robustssl`` tables of the paper
+    preset)."""
     schemes = sorted({s for t in board.tables for s in t.schemes}, key=scheme_sort_key)
     metrics: list[str] = []
     for t in board.tables:
@@ -156,7 +158,7 @@ def render_csv(board: Leaderboard) -> str:
         for m in metrics:
             columns += [f"{s}_{m}_mean", f"{s}_{m}_std", f"{s}_{m}_n"]
     columns += ["mean_autoattack", "autoattack_schemes"]
-    for s in schemes:
+    for s in schemes if any(t.show_reported for t in board.tables) else ():
         columns += [
             f"{s}_reported_clean",
             f"{s}_delta_clean",

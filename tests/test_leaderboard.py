@@ -23,6 +23,7 @@ import pytest
 from benchmark.errors import ConfigError, UnknownName
 from benchmark.leaderboard import build_leaderboard, load_records, load_reported
 from benchmark.leaderboard_reported import shipped_reported_path
+from benchmark.protocols import ROBUSTSSL_DEVIATIONS, protocol_flags
 from benchmark.records import Flag, Record
 from benchmark.render import render, robustbench_entry, write_plots
 
@@ -87,13 +88,25 @@ def make_records() -> list[Record]:
                 records.append(rec)
     # a method with one seed, one scheme and no AutoAttack: ranks last, flagged
     records.append(record("simclr", "slf", 0, 90.0, 1.0, None))
-    # the paper protocol: acl meets the RobustSSL numbers, advcl-ip has no reported mapping
+    # the paper preset under the robustssl protocol (with the flags the pipeline writes): acl
+    # meets the RobustSSL numbers, advcl-ip has no reported mapping
     paper = {"dataset": "cifar10", "finetune_dataset": "cifar10", "preset": "paper"}
     paper |= {"n_test": 10000, "backbone": "resnet18"}
-    records.append(record("acl", "slf", 0, 79.0, 41.5, 38.5, **paper))
-    records.append(record("acl", "alf", 0, 76.0, 43.0, 40.0, **paper))
-    records.append(record("acl", "aff", 0, 81.0, 52.0, 49.0, **paper))
-    records.append(record("advcl-ip", "slf", 0, 82.0, 44.0, 41.0, **paper))
+    robustssl = paper | {"protocol": "robustssl"}
+    for method, scheme, metrics in [
+        ("acl", "slf", (79.0, 41.5, 38.5)),
+        ("acl", "alf", (76.0, 43.0, 40.0)),
+        ("acl", "aff", (81.0, 52.0, 49.0)),
+        ("advcl-ip", "slf", (82.0, 44.0, 41.0)),
+    ]:
+        flags = protocol_flags("robustssl", method, scheme, "cifar10", "cifar10")
+        records.append(record(method, scheme, 0, *metrics, **robustssl, flags=flags))
+    # a transfer whose release run left layers at initialisation: a flag of its own
+    transfer = robustssl | {"dataset": "cifar100", "finetune_dataset": "stl10", "n_test": 8000}
+    flags = protocol_flags("robustssl", "advcl-ip", "aff", "cifar100", "stl10")
+    records.append(record("advcl-ip", "aff", 0, 50.0, 25.0, 22.0, **transfer, flags=flags))
+    # the uniform protocol at the paper preset: never meets reported numbers
+    records.append(record("acl", "slf", 0, 80.0, 42.0, 39.0, **paper))
     # the same method and datasets at the quick preset, on a test subset: never meets reported
     quick = paper | {"preset": "quick", "n_test": 1000, "backbone": "resnet18-small"}
     records.append(record("acl", "slf", 0, 60.0, 30.0, 28.0, **quick))
@@ -102,7 +115,8 @@ def make_records() -> list[Record]:
 
 def as_v1(rec: Record) -> dict:
     """The record as an acbench.record/1 file held it: flags as "kind: message" strings, no
-    protocol, attack settings or other fields that schema did not have."""
+    protocol, attack settings or other fields that schema did not have (so: uniform records)."""
+    assert rec.protocol == "uniform", "acbench.record/1 had only the uniform protocol"
     raw = rec.to_json()
     raw["schema"] = "acbench.record/1"
     raw["flags"] = [f"{f.kind}: {f.message}" for f in rec.flags]
@@ -126,7 +140,9 @@ def write_records(results: Path, records: list[Record], v1: bool = False) -> Non
         sub = results / "records" / rec.preset / rec.dataset
         sub.mkdir(parents=True, exist_ok=True)
         name = f"{rec.method}_{rec.finetune_dataset}_{rec.scheme}_s{rec.seed}.json"
-        (sub / name).write_text(json.dumps(as_v1(rec) if v1 else rec.to_json(), indent=2))
+        name = name if rec.protocol == "uniform" else name.replace(".json", f"_{rec.protocol}.json")
+        old = v1 and rec.protocol == "uniform"  # /1 could not hold another protocol: those stay /2
+        (sub / name).write_text(json.dumps(as_v1(rec) if old else rec.to_json(), indent=2))
     bad = results / "records" / "broken"
     bad.mkdir(parents=True, exist_ok=True)
     (bad / "bad_json.json").write_text('{"schema": "acbench.record/2", "method": ')
@@ -153,8 +169,12 @@ def board(loaded):
     return build_leaderboard(records, reported=load_reported())
 
 
-def table_of(board, preset, dataset):
-    (table,) = [t for t in board.tables if t.preset == preset and t.dataset == dataset]
+def table_of(board, preset, dataset, protocol="uniform"):
+    (table,) = [
+        t
+        for t in board.tables
+        if t.preset == preset and t.dataset == dataset and t.protocol == protocol
+    ]
     return table
 
 
@@ -174,7 +194,7 @@ def test_snapshot(board, fmt):
 
 def test_malformed_files_skipped_with_named_warning(loaded):
     records, warnings = loaded
-    assert len(records) == 3 * 3 * 3 + 1 + 4 + 1
+    assert len(records) == 3 * 3 * 3 + 1 + 4 + 1 + 1 + 1
     assert len(warnings) == 2
     bad_json, string_metric = sorted(warnings)
     assert "bad_json.json" in bad_json and "invalid JSON" in bad_json
@@ -182,20 +202,27 @@ def test_malformed_files_skipped_with_named_warning(loaded):
 
 
 def test_tables_and_presets_never_mixed(board):
-    keys = [(t.preset, t.dataset, t.finetune_dataset, t.n_test) for t in board.tables]
+    keys = [(t.preset, t.dataset, t.finetune_dataset, t.protocol, t.n_test) for t in board.tables]
     assert keys == [
-        ("paper", "cifar10", "cifar10", 10000),
-        ("quick", "cifar10", "cifar10", 1000),
-        ("quick", "digits", "digits", 360),
+        ("paper", "cifar10", "cifar10", "robustssl", 10000),
+        ("paper", "cifar10", "cifar10", "uniform", 10000),
+        ("paper", "cifar100", "stl10", "robustssl", 8000),
+        ("quick", "cifar10", "cifar10", "uniform", 1000),
+        ("quick", "digits", "digits", "uniform", 360),
     ]
     for table in board.tables:
         assert table.preset in table.title and f"n_test {table.n_test}" in table.title
         assert "8/255" in table.title
-        # reported numbers only ever meet the paper preset
-        assert table.show_reported == (table.preset == "paper")
-        assert all(not row.reported for row in table.rows) or table.preset == "paper"
+        assert ("protocol robustssl" in table.title) == (table.protocol == "robustssl")
+        # reported numbers only ever meet the paper preset under the robustssl protocol (and
+        # only methods with a published row: advcl-ip's transfer table has none)
+        expected = (
+            table.preset == "paper" and table.protocol == "robustssl" and table.dataset == "cifar10"
+        )
+        assert table.show_reported == expected
+        assert all(not row.reported for row in table.rows) or expected
     only_paper = build_leaderboard(make_records(), reported=load_reported(), preset="paper")
-    assert [t.preset for t in only_paper.tables] == ["paper"]
+    assert [t.preset for t in only_paper.tables] == ["paper"] * 3
 
 
 def test_ranking_by_mean_autoattack(board):
@@ -244,12 +271,29 @@ def test_flags(board):
     assert not any(f.startswith("n_test") for fs in flags.values() for f in fs)  # digits: none
     quick_cifar = table_of(board, "quick", "cifar10")
     assert "n_test 1000 < 10000" in quick_cifar.rows[0].flags
-    paper = table_of(board, "paper", "cifar10")
+    paper = table_of(board, "paper", "cifar10", "robustssl")
     assert {"no ALF", "no AFF"} <= set(next(r for r in paper.rows if r.method == "advcl-ip").flags)
 
 
-def test_reported_block_paper_only(board):
-    paper = table_of(board, "paper", "cifar10")
+def test_protocol_deviations_legend_and_flags(board):
+    """Deviations every robustssl record shares are said once, in the legend; a run's own
+    deviation is in its row's flags."""
+    paper = table_of(board, "paper", "cifar10", "robustssl")
+    assert not any(f.startswith("protocol:") for row in paper.rows for f in row.flags)
+    (note,) = [line for line in paper.legend() if line.startswith("protocol robustssl:")]
+    assert all(d in note for d in ROBUSTSSL_DEVIATIONS)
+    transfer = table_of(board, "paper", "cifar100", "robustssl")
+    (row,) = transfer.rows
+    assert [f for f in row.flags if f.startswith("protocol:")] == [
+        "protocol: release left BN layers and shortcut convs at init…"
+    ]
+    uniform = table_of(board, "paper", "cifar10")
+    assert not any(line.startswith("protocol") for line in uniform.legend())
+    assert sum("protocol robustssl:" in line for line in render(board, "md").splitlines()) == 2
+
+
+def test_reported_block_robustssl_paper_only(board):
+    paper = table_of(board, "paper", "cifar10", "robustssl")
     acl = next(r for r in paper.rows if r.method == "acl")
     ref = acl.reported["slf"]
     assert (ref.name, ref.clean, ref.autoattack) == ("ACL", 78.22, 39.17)
@@ -260,27 +304,46 @@ def test_reported_block_paper_only(board):
     assert "| 39.17 (-0.67) " in render(board, "md")
     # a non-paper table never gets reported columns, even for a method with a mapping
     assert not table_of(board, "quick", "cifar10").show_reported
+    # nor does a paper table of the uniform protocol: its finetuning is not RobustSSL's
+    uniform = table_of(board, "paper", "cifar10")
+    assert not uniform.show_reported and not uniform.rows[0].reported
+    assert uniform.rows[0].method == "acl"
+    md = render(build_leaderboard(make_records(), reported=load_reported(), preset="paper",
+                                  dataset="cifar10->cifar10"), "md")  # fmt: skip
+    robustssl_md, uniform_md = md.split("### ")[1:]
+    assert "reported (Δ)" in robustssl_md and "reported" not in uniform_md
 
 
 def test_csv_and_json_parse(board):
     lines = list(csv.DictReader(io.StringIO(render(board, "csv"))))
     assert len(lines) == sum(len(t.rows) for t in board.tables)
-    assert all(isinstance(float(line["slf_clean_mean"]), float) for line in lines)
-    assert all("." in line["slf_clean_mean"] for line in lines)  # written as floats
+    with_slf = [line for line in lines if line["finetune_dataset"] != "stl10"]  # stl10: AFF only
+    assert len(with_slf) == len(lines) - 1
+    assert all(isinstance(float(line["slf_clean_mean"]), float) for line in with_slf)
+    assert all("." in line["slf_clean_mean"] for line in with_slf)  # written as floats
+    (transfer,) = [line for line in lines if line["finetune_dataset"] == "stl10"]
+    assert transfer["aff_clean_mean"] == "50.0" and transfer["slf_clean_mean"] == ""
     (rocl,) = [x for x in lines if x["preset"] == "quick" and x["method"] == "rocl-ip"]
     assert rocl["rank"] == "1" and rocl["slf_autoattack_n"] == "3"
     assert rocl["slf_autoattack_std"] == "0.5204"
     simclr = next(x for x in lines if x["method"] == "simclr")
     assert simclr["slf_clean_std"] == "" and simclr["alf_clean_n"] == "0"  # one seed; not run
+    assert "slf_reported_clean" in lines[0]
+    # without a table that shows reported numbers, the CSV has no reported columns
+    quick = render(
+        build_leaderboard(make_records(), reported=load_reported(), preset="quick"), "csv"
+    )
+    header = next(csv.reader(io.StringIO(quick)))
+    assert not any("reported" in c or "delta" in c for c in header) and "slf_clean_mean" in header
     data = json.loads(render(board, "json"))
     assert data["schema"] == "acbench.leaderboard/1"
-    assert [t["preset"] for t in data["tables"]] == ["paper", "quick", "quick"]
+    assert [t["preset"] for t in data["tables"]] == ["paper"] * 3 + ["quick", "quick"]
 
 
 def test_html_self_contained():
     board = build_leaderboard(make_records(), reported=load_reported(), preset="paper")
     page = render(board, "html")
-    assert page.count("<table>") == len(board.tables) == 1
+    assert page.count("<table>") == len(board.tables) == 3
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert images and base64.b64decode(images[0]).startswith(PNG_SIGNATURE)
 
@@ -345,7 +408,7 @@ def test_load_reported_errors_name_the_file(tmp_path):
 def test_filters():
     records = make_records()
     board = build_leaderboard(records, dataset="cifar10->cifar10", scheme="slf")
-    assert [t.preset for t in board.tables] == ["paper", "quick"]
+    assert [t.preset for t in board.tables] == ["paper", "paper", "quick"]
     assert all(t.schemes == ("slf",) for t in board.tables)
     assert not build_leaderboard(records, preset="smoke").tables
     assert "_No records._" in render(build_leaderboard([]), "md")
@@ -471,6 +534,7 @@ def test_protocol_splits_tables_and_is_named():
     assert [t.protocol for t in board.tables] == ["robustssl", "uniform"]
     assert "protocol robustssl" in board.tables[0].title
     assert "protocol" not in board.tables[1].title and board.tables[0].slug != board.tables[1].slug
+    assert any(line.startswith("protocol robustssl:") for line in board.tables[0].legend())
     lines = list(csv.DictReader(io.StringIO(render(board, "csv"))))
     assert [x["protocol"] for x in lines] == ["robustssl", "uniform"]
 
