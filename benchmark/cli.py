@@ -20,6 +20,7 @@ from benchmark.cli_common import (
     Group,
     emit,
     json_option,
+    protocol_option,
     resolve_schemes,
     results_option,
     run_options,
@@ -96,6 +97,7 @@ def pretrain(target: Target, opts: RunOptions, as_json: bool) -> None:
 @schemes_option
 @click.option("--select", "selection", type=click.Choice(SELECTIONS), default="last", show_default=True,
               help="Model selection: last epoch, or best PGD-20 on the validation split.")
+@protocol_option
 @target_options
 @json_option
 def finetune(schemes, target: Target, opts: RunOptions, as_json: bool) -> None:
@@ -125,6 +127,7 @@ def summary(records: list[Record]) -> str:
               help="Model selection: last epoch, or best PGD-20 on the validation split.")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes for the schemes after pretraining (default: one per scheme on CPU, 1 on GPU).")
+@protocol_option
 @target_options
 @json_option
 def run(schemes, jobs, target: Target, opts: RunOptions, as_json: bool) -> None:
@@ -192,6 +195,7 @@ def leaderboard(results, fmt, out, plots, preset, dataset, scheme) -> None:
 @click.option("--schemes", default=None, help="Comma-separated subset of the schemes (default: all).")
 @click.option("--attacks", default=None, help="Comma-separated attacks (as for `acbench run`).")
 @click.option("--select", "selection", default=None, help="Model selection: last or val.")
+@click.option("--protocol", default=None, help="Finetuning protocol: uniform (default) or robustssl.")
 @click.option("--executor", default=None,
               help="local, pool, submitit-local or slurm (default: pool on a CPU-only machine, else local).")
 @click.option("--jobs", type=int, default=None,
@@ -202,17 +206,17 @@ def leaderboard(results, fmt, out, plots, preset, dataset, scheme) -> None:
 @click.option("--array-parallelism", type=int, default=None, help="SLURM jobs of an array running at once.")
 @run_options
 @json_option
-def suite(suite_file, preset, methods, datasets, seeds, schemes, attacks, selection, executor, jobs,
+def suite(suite_file, preset, methods, datasets, seeds, schemes, attacks, selection, protocol, executor, jobs,
           partition, time_min, gpus_per_job, array_parallelism, opts: RunOptions, as_json) -> None:
     """Run a benchmark grid (method x dataset x seed x scheme) and write RESULTS/leaderboard.md.
 
     Options override SUITE_FILE (TOML with the same keys: preset, methods, datasets, seeds, schemes,
-    attacks, selection, executor, jobs, [slurm], [params.<method>]). Finished stages are skipped.
+    attacks, selection, protocol, executor, jobs, [slurm], [params.<method>]). Finished stages are skipped.
     """
     fields = load_suite_file(suite_file) if suite_file else {}
     where = str(suite_file) if suite_file else "options"
     cli = {"preset": preset, "methods": methods, "datasets": datasets, "schemes": schemes, "attacks": attacks,
-           "selection": selection, "executor": executor, "jobs": jobs, "seeds": seeds}
+           "selection": selection, "protocol": protocol, "executor": executor, "jobs": jobs, "seeds": seeds}
     fields.update({k: v for k, v in cli.items() if v is not None})
     slurm = dict(fields.get("slurm", {}))
     for k, v in (("partition", partition), ("time_min", time_min), ("gpus_per_job", gpus_per_job),

@@ -17,6 +17,7 @@ from benchmark.config import PRESETS, get_preset
 from benchmark.data import DATASETS
 from benchmark.errors import AcbenchError, check_choice
 from benchmark.pipeline import Target
+from benchmark.protocols import PROTOCOLS, UNIFORM
 from benchmark.schemes import scheme_names
 from benchmark.stage import DEFAULT_THREADS, RunOptions, dataset_for
 from methods import get_method
@@ -116,14 +117,15 @@ def target_options(fn: Callable) -> Callable:
     ``target: Target`` (the data is loaded here, so a missing dataset fails before anything runs)."""
 
     @functools.wraps(fn)
-    def wrapper(method, params, preset, dataset, seed, opts: RunOptions, attacks=None, selection="last", **kw):
+    def wrapper(method, params, preset, dataset, seed, opts: RunOptions, attacks=None, selection="last",
+                protocol=UNIFORM, **kw):
         p = get_preset(preset)
         dataset = check_choice("dataset", dataset or p.dataset, DATASETS)
         params = parse_params(params)
         get_method(method, dataset=dataset, **params)
         dataset_for(opts, dataset, p.image_size)
         attacks = split_list(attacks, DEFAULT_ATTACKS, check_attack_spec, "attack")
-        target = Target(method, params, p, dataset, seed, attacks, selection)
+        target = Target(method, params, p, dataset, seed, attacks, selection, protocol)
         return fn(target=target, opts=opts, **kw)
 
     options = [
@@ -138,6 +140,12 @@ def target_options(fn: Callable) -> Callable:
     for option in reversed(options):
         wrapper = option(wrapper)
     return run_options(wrapper)
+
+
+def protocol_option(fn: Callable) -> Callable:
+    return click.option("--protocol", type=click.Choice(PROTOCOLS), default=UNIFORM, show_default=True,
+                        help="Finetuning protocol: uniform (one recipe for every method) or robustssl "
+                        "(RobustSSL_Benchmark's per-family settings, comparable with results/reported).")(fn)
 
 
 def schemes_option(fn: Callable) -> Callable:

@@ -13,12 +13,13 @@ Every record stores its preset; leaderboards never mix presets.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from benchmark.errors import unknown
-from benchmark.schemes import EPS, FinetuneConfig, get_scheme
+from benchmark.protocols import UNIFORM
+from benchmark.protocols import finetune_config as protocol_finetune_config
+from benchmark.schemes import EPS, FinetuneConfig
 from methods.base import Recipe
 
 
@@ -61,9 +62,11 @@ class Preset:
             changes["batch_size"] = self.pretrain_batch_size
         return paper.replace(**changes, source=f"{self.name} preset (scaled from: {paper.source})")
 
-    def finetune_config(self, scheme: str, dataset: str, selection: str = "last") -> FinetuneConfig:
-        base = get_scheme(scheme).paper_config(dataset)
-        return dataclasses.replace(base, **self.finetune.get(scheme, {}), selection=selection)
+    def finetune_config(self, scheme: str, dataset: str, selection: str = "last", *, protocol: str = UNIFORM,
+                        method: str = "", finetune_dataset: str | None = None) -> FinetuneConfig:
+        """The finetuning recipe of ``scheme`` under ``protocol``, scaled by this preset's overrides."""
+        return protocol_finetune_config(protocol, method, scheme, dataset, finetune_dataset or dataset,
+                                        selection=selection, overrides=self.finetune.get(scheme, {}))
 
 
 # The CPU presets use one shared SGD recipe: the paper recipes' LARS learning rates assume batch

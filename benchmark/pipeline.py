@@ -22,6 +22,7 @@ import torch
 from benchmark.checkpoints import CLASSIFIER
 from benchmark.config import Preset, get_preset, recipe_deviations
 from benchmark.io import atomic_write_json
+from benchmark.protocols import ROBUSTSSL, UNIFORM, check_protocol, protocol_flags, robustssl_family
 from benchmark.records import RECIPE_DEVIATION, Flag, Record
 from benchmark.stage import RunOptions, Session, key_of, run_once
 from benchmark.stages import EvaluateStage, FinetuneStage, PretrainStage
@@ -41,12 +42,15 @@ class Target:
     seed: int = 0
     attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
     selection: str = "last"
+    protocol: str = UNIFORM  # finetuning protocol
 
     def __post_init__(self) -> None:
         if isinstance(self.preset, str):
             object.__setattr__(self, "preset", get_preset(self.preset))
         if not self.dataset:
             object.__setattr__(self, "dataset", self.preset.dataset)
+        if check_protocol(self.protocol) == ROBUSTSSL:
+            robustssl_family(self.method)  # a method without RobustSSL settings fails before anything runs
         # clean accuracy is always reported, first
         object.__setattr__(self, "attacks", tuple(dict.fromkeys(("clean", *self.attacks))))
 
@@ -54,7 +58,8 @@ class Target:
         return PretrainStage(opts, self.method, dict(self.params), self.preset, self.dataset, self.seed)
 
     def finetune(self, opts: RunOptions, scheme: str) -> FinetuneStage:
-        return FinetuneStage(self.pretrain(opts), scheme, self.preset, self.dataset, self.seed, self.selection)
+        return FinetuneStage(self.pretrain(opts), scheme, self.preset, self.dataset, self.seed, self.selection,
+                             self.protocol, self.method)
 
     def evaluate(self, opts: RunOptions, scheme: str) -> EvaluateStage:
         return EvaluateStage(self.finetune(opts, scheme), self.attacks, self.preset, self.dataset)
@@ -100,6 +105,7 @@ def make_record(opts: RunOptions, target: Target, scheme: str, keys: dict[str, s
     metrics = {k: ev["metrics"].get(k) for k in ("clean", "pgd20", "autoattack")}
     metrics.update({k: v for k, v in ev["metrics"].items() if k not in metrics})
     flags = [Flag.from_json(f) for f in ev["flags"]]
+    flags += protocol_flags(target.protocol, target.method, scheme, target.dataset, target.dataset, target.selection)
     if preset.name == "paper":
         flags += [Flag(RECIPE_DEVIATION, d) for d in deviations]
     return Record(
@@ -111,17 +117,18 @@ def make_record(opts: RunOptions, target: Target, scheme: str, keys: dict[str, s
         seed=target.seed,
         scheme=scheme,
         selection=target.selection,
-        backbone=preset.backbone,
+        backbone=preset.backbone_for(target.dataset),
         metrics=metrics,
         n_test=ev["n_test"],
         threat_model="Linf",
+        protocol=target.protocol,
         eps=round(preset.eval.eps, 7),
         attacks=ev.get("attacks", {}),
         flags=tuple(flags),
         autoattack_warnings=tuple(ev["warnings"]),
         recipe=recipe.to_dict(),
         recipe_deviations=tuple(deviations),
-        finetune=preset.finetune_config(scheme, target.dataset, target.selection).to_dict(),
+        finetune=target.finetune(opts, scheme).finetune_config().to_dict(),
         selected_epoch=fin["selected_epoch"],
         precision={"pretrain": pre.get("precision", "fp32"), "finetune": "fp32", "evaluation": "fp32"},
         pretrain_options=pre.get("options", {"compile": False, "channels_last": False}),

@@ -41,7 +41,7 @@ class NonFiniteLoss(AcbenchError, RuntimeError):
 @dataclass(frozen=True)
 class PretrainConfig:
     method: str
-    method_params: dict[str, Any]  # overrides of the method's defaults (resolved params are recorded)
+    method_params: dict[str, Any]  # the method's parameters (the pretrain stage passes every resolved one)
     dataset: str
     image_size: int | None
     backbone: str

@@ -19,7 +19,9 @@ from benchmark.devices import resolve_precision
 from benchmark.evaluate import evaluate_classifier
 from benchmark.finetune import run_finetune
 from benchmark.pretrain import PretrainConfig, run_pretrain
+from benchmark.protocols import UNIFORM
 from benchmark.registry import Registry
+from benchmark.schemes import FinetuneConfig
 from benchmark.stage import RunOptions, Stage, StageRun, dataset_for
 from methods import get_method
 
@@ -45,9 +47,9 @@ class PretrainStage(Stage):
     def pretrain_config(self) -> PretrainConfig:
         m = get_method(self.method, dataset=self.dataset, **self.params)
         opts = self.opts
-        return PretrainConfig(
-            method=self.method, method_params=dict(self.params), dataset=self.dataset,
-            image_size=self.preset.image_size, backbone=self.preset.backbone, seed=self.seed,
+        return PretrainConfig(  # every resolved parameter: a changed default is another run
+            method=self.method, method_params=dataclasses.asdict(m.params), dataset=self.dataset,
+            image_size=self.preset.image_size, backbone=self.preset.backbone_for(self.dataset), seed=self.seed,
             recipe=self.preset.recipe(m.paper_recipe(self.dataset)), train_limit=self.preset.train_limit,
             precision=resolve_precision(opts.precision, opts.torch_device()), compile=opts.compile,
         )
@@ -91,16 +93,19 @@ class FinetuneStage(Stage):
     dataset: str
     seed: int
     selection: str = "last"
+    protocol: str = UNIFORM
+    method: str = ""  # the pretrained method (the robustssl protocol's settings depend on its family)
 
     def upstream(self) -> dict[str, Stage]:
         return {"pretrain": self.pretrain}
 
-    def finetune_config(self):
-        return self.preset.finetune_config(self.scheme, self.dataset, self.selection)
+    def finetune_config(self) -> FinetuneConfig:
+        return self.preset.finetune_config(self.scheme, self.dataset, self.selection, protocol=self.protocol,
+                                           method=self.method)
 
     def config(self) -> dict[str, Any]:
         return {"finetune": self.finetune_config().to_dict(), "dataset": self.dataset, "seed": self.seed,
-                "train_limit": self.preset.train_limit}
+                "train_limit": self.preset.train_limit, "protocol": self.protocol}
 
     def prepare(self, opts: RunOptions, upstream: dict[str, str]) -> None:
         dataset_for(opts, self.dataset, self.preset.image_size)

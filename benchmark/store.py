@@ -21,7 +21,7 @@ from typing import Any
 from benchmark.io import atomic_write_json
 
 # Bump when a change alters what a stage produces: old results then stop matching.
-CODE_VERSION = "acbench-stages/1"
+CODE_VERSION = "acbench-stages/2"  # 2: released forms as defaults, resolved method parameters in the key
 DONE = "done.json"
 FAILED = "error.json"
 

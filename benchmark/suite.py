@@ -35,6 +35,7 @@ from benchmark.config import PRESETS, get_preset
 from benchmark.data import DATASETS
 from benchmark.errors import AcbenchError, ConfigError, did_you_mean
 from benchmark.pipeline import Target, record_path, run_pretrain_stage, run_scheme, session_for
+from benchmark.protocols import METHOD_FAMILY, PROTOCOLS, ROBUSTSSL, UNIFORM
 from benchmark.records import Record
 from benchmark.schemes import SELECTIONS, scheme_names
 from benchmark.stage import RunOptions
@@ -72,6 +73,7 @@ class Suite:
     schemes: tuple[str, ...] = ()  # empty: every registered scheme
     attacks: tuple[str, ...] = ("pgd20", "autoattack")
     selection: str = "last"
+    protocol: str = UNIFORM  # finetuning protocol
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
     executor: str = "local"
     jobs: int = 1
@@ -149,6 +151,8 @@ def build_suite(fields: dict[str, Any], where: str = "suite") -> Suite:
         out["attacks"] = tuple(attacks)
     if "selection" in fields:
         out["selection"] = _choice("selection", [fields["selection"]], SELECTIONS)[0]
+    if "protocol" in fields:
+        out["protocol"] = _choice("protocol", [fields["protocol"]], PROTOCOLS)[0]
     if "executor" in fields:
         out["executor"] = _choice("executor", [fields["executor"]], EXECUTOR_NAMES)[0]
     if "jobs" in fields:
@@ -177,7 +181,13 @@ def build_suite(fields: dict[str, Any], where: str = "suite") -> Suite:
             except (ValueError, TypeError) as e:
                 raise SuiteError(f"params.{m}: {e}") from None
         out["params"] = {m: dict(p) for m, p in raw.items()}
-    return Suite(**out)
+    suite = Suite(**out)
+    if suite.protocol == ROBUSTSSL:
+        missing = [m for m in suite.resolved_methods() if m not in METHOD_FAMILY]
+        if missing:
+            raise SuiteError(f"protocol robustssl: RobustSSL has no finetuning settings for {', '.join(missing)}; "
+                             "choose other methods or protocol uniform")
+    return suite
 
 
 def load_suite_file(path: Path) -> dict[str, Any]:
@@ -213,7 +223,7 @@ class Job:
 
 def target_of(suite: Suite, job: Job) -> Target:
     return Target(job.method, dict(suite.params.get(job.method, {})), get_preset(suite.preset), job.dataset,
-                  job.seed, tuple(suite.attacks), suite.selection)
+                  job.seed, tuple(suite.attacks), suite.selection, suite.protocol)
 
 
 def run_job(opts: RunOptions, suite: Suite, job: Job) -> dict[str, Any]:
@@ -246,6 +256,7 @@ def run_method(opts: RunOptions, target: Target, schemes: Sequence[str], jobs: i
     suite = Suite(preset=target.preset.name, methods=(target.method,), datasets=(target.dataset,),
                   seeds=(target.seed,), schemes=tuple(schemes),
                   attacks=tuple(a for a in target.attacks if a != "clean"), selection=target.selection,
+                  protocol=target.protocol,
                   params={target.method: dict(target.params)}, executor="pool" if jobs > 1 else "local",
                   jobs=max(1, min(jobs, len(schemes))))
     if suite.preset not in PRESETS or get_preset(suite.preset) != target.preset:

@@ -269,3 +269,51 @@ def test_autoattack_equals_pyautoattack(smoke_run, smoke_data):
     assert acc_ours == acc_ref
     assert torch.equal(ours, ref)
     assert (ours - x).abs().max() <= 8 / 255 + 1e-6 and ours.min() >= 0 and ours.max() <= 1
+
+
+# ---- perf and protocols ----------------------------------------------------------------------------
+
+
+def test_perf_json_and_markdown(tmp_path):
+    from benchmark.perf import KEYS
+
+    out = tmp_path / "perf.md"
+    r = invoke("perf", "--method", "acl", "--preset", "smoke", "--steps", "1", "--rounds", "1", "--warmup", "0",
+               "--json", "--out", out)
+    (report,) = json.loads(r.stdout)
+    assert set(KEYS) <= set(report) and report["method"] == "acl"
+    assert report["passes_per_image"]["forward"] + report["passes_per_image"]["input_backward"] + \
+        2 * report["passes_per_image"]["weight_backward"] == 32  # ACL: 4K + 12 at K = 5
+    md = out.read_text()
+    assert "| method" in md and "harness img/s" in md and "ratio" in md
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--method"),
+    (["--method", "acll"], "did you mean 'acl'"),
+])
+def test_perf_bad_input(args, message):
+    r = CliRunner().invoke(main, ["perf", *args, "--preset", "smoke"])
+    assert r.exit_code != 0 and message in r.output
+
+
+@pytest.mark.slow
+def test_robustssl_protocol_on_smoke(tmp_path):
+    recs = json.loads(invoke("run", "--method", "acl", *SMOKE, "--protocol", "robustssl", "--schemes", "aff",
+                             "--attacks", "pgd20", "--json", "--results", tmp_path).stdout)
+    (rec,) = recs
+    assert rec["protocol"] == "robustssl" and rec["finetune"]["dual_bn"] is True
+    assert rec["finetune"]["milestones"] == [] and rec["finetune"]["batch_size"] == 32  # smoke scales it
+    assert any(f["kind"] == "protocol-deviation" for f in rec["flags"])
+    assert "robustssl" in str(tmp_path / rec["checkpoint"]) or (tmp_path / rec["checkpoint"]).is_file()
+    uniform = json.loads(invoke("run", "--method", "acl", *SMOKE, "--schemes", "aff", "--attacks", "pgd20",
+                                "--json", "--results", tmp_path).stdout)[0]
+    assert uniform["stages"]["pretrain"] == rec["stages"]["pretrain"]  # one pretraining, two protocols
+    assert uniform["stages"]["finetune"] != rec["stages"]["finetune"] and uniform["protocol"] == "uniform"
+
+
+def test_robustssl_protocol_refuses_methods_it_has_no_settings_for(tmp_path):
+    r = CliRunner().invoke(main, ["run", "--method", "simclr", *SMOKE, "--protocol", "robustssl",
+                                  "--results", str(tmp_path)])
+    assert r.exit_code == 1 and "simclr" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "runs").exists()

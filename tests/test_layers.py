@@ -21,13 +21,14 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "blocks": (
         "benchmark", "benchmark.errors", "benchmark.registry", "benchmark.io", "benchmark.data",
         "benchmark.augment", "benchmark.models", "benchmark.optim", "benchmark.ddp",
-        "benchmark.checkpoints", "benchmark.devices", "benchmark.labels", "methods.losses", "attacks*",
+        "benchmark.checkpoints", "benchmark.devices", "benchmark.labels", "benchmark.released", "methods.losses",
+        "attacks*",
     ),
     "methods": ("methods", "methods.*"),
     "pipeline": (
         "benchmark.config", "benchmark.schemes*", "benchmark.finetune", "benchmark.evaluate",
         "benchmark.pretrain", "benchmark.store", "benchmark.stage", "benchmark.stages", "benchmark.records",
-        "benchmark.pipeline", "benchmark.pseudolabels",
+        "benchmark.pipeline", "benchmark.pseudolabels", "benchmark.protocols",
     ),
     "runners": ("benchmark.suite", "benchmark.distributed"),
     "reports": ("benchmark.leaderboard", "benchmark.leaderboard_types", "benchmark.leaderboard_reported",
