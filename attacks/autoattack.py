@@ -3,7 +3,9 @@
 ``pyautoattack`` is PyPI's packaging of the reference AutoAttack code. Its reliability checks
 (randomised defence, logits range, dynamic model, too few classes, Square more successful than
 the gradient attacks) emit warnings; they are captured and exposed as ``last_warnings`` so that
-evaluation writes them into the record. ``aa-lite`` (APGD-CE + APGD-T) is for development and is
+evaluation writes them into the record. The model runs in eval mode with its parameters frozen:
+FAB calls ``backward()``, which would otherwise compute (and leave behind) weight gradients that
+nothing uses. ``aa-lite`` (APGD-CE + APGD-T) is for development and is
 never labelled AutoAttack.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import ATTACKS, check_images, check_options, dataclass_options, eval_mode
+from attacks.base import ATTACKS, check_images, check_options, dataclass_options, frozen
 from benchmark.errors import ConfigError
 
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -76,7 +78,7 @@ class AutoAttackLinf:
         if logger.level == logging.NOTSET or logger.level > logging.WARNING:
             logger.setLevel(logging.WARNING)
         try:
-            with eval_mode(model), warnings.catch_warnings(record=True) as caught:
+            with frozen(model), warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 adversary = self.build(model, x.device)
                 x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=self.batch_size)

@@ -93,6 +93,24 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.train(t)
 
 
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Parameters not requiring gradients for the duration (then restored), model in eval mode.
+
+    For attack libraries that call ``loss.backward()`` (pyautoattack's FAB): the input gradient is
+    the same, the weight gradients are no longer computed, nor accumulated into ``p.grad``.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    with eval_mode(model):
+        try:
+            for p in params:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+
+
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     """Project onto the L-inf eps-ball around x and onto the image box [0, 1]."""
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp_(0.0, 1.0)

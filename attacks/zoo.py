@@ -15,7 +15,8 @@ and reproducible:
 Other attacks keep torchattacks' defaults, e.g. PGDL2 eps 1.0, CW c 1 and 50 steps (CW and
 DeepFool are minimal-perturbation L2 attacks with no budget). Every constructor argument,
 defaults included, is in :meth:`TorchAttack.settings` and so in the record. The model takes [0, 1]
-images and normalises inside, so torchattacks runs on it directly; it runs in eval mode.
+images and normalises inside, so torchattacks runs on it directly; it runs in eval mode with its
+parameters frozen (no weight gradients).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacks.base import ATTACKS, check_images, eval_mode
+from attacks.base import ATTACKS, check_images, frozen
 from benchmark.errors import ConfigError, unknown
 
 # torchattacks classes without a `norm` argument that are not L-inf attacks
@@ -131,7 +132,7 @@ class TorchAttack:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         check_images(x)
-        with eval_mode(model), _seeded(self.seed, x.device):
+        with frozen(model), _seeded(self.seed, x.device):
             attack = torchattacks_classes()[self.name](model, **self.arguments)
             x_adv = attack(x, y)
         return x_adv.detach()

@@ -117,6 +117,22 @@ def test_seeded_deterministic_eval_mode_and_rng_untouched(tiny):
     assert attack_settings("ta:Square", seed=5)["arguments"]["seed"] == 5
 
 
+def test_same_result_as_torchattacks_itself(tiny):
+    """The wrapper only seeds, sets eval mode and freezes weights: torchattacks' own numbers."""
+    model, x, y = tiny
+    x, y = x[:16], y[:16]
+    torch.manual_seed(0)
+    theirs = torchattacks.PGD(model, eps=EPS, alpha=2 / 255, steps=3)(x, y)
+    assert torch.equal(run("ta:PGD:steps=3", model, x, y), theirs)
+    theirs = torchattacks.FAB(model, eps=EPS, steps=3, seed=0)(x, y)  # FAB calls backward()
+    ours = run("ta:FAB:steps=3", model, x, y)
+    assert torch.equal(ours, theirs)
+    assert all(p.requires_grad for p in model.parameters())  # unfrozen after the attack
+    model.zero_grad(set_to_none=True)
+    run("ta:FAB:steps=3", model, x, y)
+    assert all(p.grad is None for p in model.parameters())  # no weight gradients computed
+
+
 @pytest.mark.parametrize("spec", ["ta:FGSM", "ta:PGD", "ta:PGDL2", "ta:CW", "ta:APGDT", "ta:Square",
                                   "ta:DeepFool", "ta:AutoAttack", "ta:APGD:norm=L2:eps=0.5", "ta:Pixle"])
 def test_settings_complete_and_json(spec):

@@ -81,6 +81,7 @@ def test_autoattack_lite_at_most_pgd(undefended):
     x_aa = aa(model, x[:64], y[:64])
     assert acc(model, x_aa, y[:64]) <= acc(model, get_attack("pgd20")(model, x[:64], y[:64]), y[:64]) + 1e-9
     assert (x_aa - x[:64]).abs().max() <= EPS + 1e-5
+    assert all(p.requires_grad for p in model.parameters())  # frozen only during the attack
 
 
 def test_bad_attack_inputs(undefended):
