@@ -19,6 +19,7 @@ from benchmark.optim import LARS, build_optimizer
 from methods import UnknownMethod, get_method, list_methods, method_class, register_method
 from methods.acl import ACL
 from methods.base import AdversarialParams, ContrastiveParams, Method, Recipe
+from methods.losses import a_info_nce, info_nce
 
 EXPECTED = {"simclr", "acl", "rocl", "rocl-ip", "rocl-hn", "rocl-iphn", "advcl", "advcl-ip", "advcl-hn", "advcl-iphn"}
 PLUGIN = Path(__file__).parent / "plugins" / "my_method.py"
@@ -167,8 +168,6 @@ def _value_and_grad(fn, z0):
 def test_rocl_loss_equals_info_nce_forms():
     """RoCL's contrast = 2 x info_nce on [t1, t2, adv]; rocl-ip's = 2 x a_info_nce(adv=(2,), ip, w);
     both with the detached contrast side (value and gradient)."""
-    from methods.losses import a_info_nce, info_nce
-
     z = torch.nn.functional.normalize(torch.randn(3, 8, 16, dtype=torch.float64), dim=-1)
 
     def same(f, g):
