@@ -305,8 +305,7 @@ def _map_encoder(sd: Mapping[str, torch.Tensor], layout: str, where: str) -> tup
         for p in stats:
             v = sd.get(f"normalize.{p}")
             if v is None or tuple(v.shape) != (channels,):
-                got = "missing" if v is None else f"shaped {tuple(v.shape)}"
-                raise ReleaseError(f"{where}: normalize.{p} is {got}, expected {channels} values")
+                raise ReleaseError(f"{where}: normalize.{p} is {'missing' if v is None else tuple(v.shape)}, expected ({channels},)")
             m.used.add(f"normalize.{p}")
             stats[p] = tuple(float(x) for x in v.tolist())
     config = BackboneConfig(name, channels, stats["mean"], stats["std"])
@@ -320,9 +319,8 @@ def _map_encoder(sd: Mapping[str, torch.Tensor], layout: str, where: str) -> tup
 
 def read_released(path: str | Path, fmt: str, method: str, head_path: str | Path | None = None) -> Imported:
     """Map the released checkpoint ``path`` of format ``fmt`` (a key of :data:`FORMATS`) onto
-    acbench's encoder for ``method``; ``head_path``: RoCL's separate ``<file>_projector``.
-
-    Strict: every tensor is mapped, or belongs to a group that the release's own finetuning drops
+    acbench's encoder for ``method``; ``head_path``: RoCL's separate ``<file>_projector``. Strict:
+    every tensor is mapped, or belongs to a group that the release's own finetuning drops
     too (``provenance["ignored"]``), else :class:`ReleaseError`. Nothing is written.
     """
     spec = FORMATS[check_choice("import format", fmt, FORMATS)]
@@ -349,8 +347,8 @@ def read_released(path: str | Path, fmt: str, method: str, head_path: str | Path
         if detect_layout(hsd) != "rocl-projector":
             raise ReleaseError(f"{head_path} is not {_LAYOUTS['rocl-projector']} (models/projector.py)")
         hm = _Mapper(hsd, str(head_path))
-        hm.linear("head.linears.0", "linear_1")
-        hm.linear("head.linears.1", "linear_2")
+        for i in (0, 1):
+            hm.linear(f"head.linears.{i}", f"linear_{i + 1}")
         hm.finish()
         m.out.update(hm.out)
         provenance["head_file"] = {"file": Path(head_path).name, "sha256": file_sha256(head_path)}
@@ -382,15 +380,18 @@ def fit_to_model(imported: Imported, model_state: Mapping[str, torch.Tensor], fi
         raise ReleaseError(f"{where} is finetuned from BN branch {imported.finetune_branch!r}, the "
                            f"method from {finetune_branch!r}")
     state, ignored, kept = dict(mine), dict(imported.provenance.get("ignored", {})), []
+    filled = imported.provenance.get("filled", {})  # a zero bias the method's head may not have
     for group in imported.provenance.get("heads", []):
-        part = {k: v for k, v in imported.state_dict.items() if k.startswith(group + ".")}
+        part = {k: v for k, v in imported.state_dict.items()
+                if k.startswith(group + ".") and (k in model_state or k not in filled)}
         if {k: v.shape for k, v in part.items()} == {k: v.shape for k, v in model_state.items() if k.startswith(group + ".")}:
             state.update(part)
             kept.append(group)
         else:
             ignored[f"{group} (release head)"] = (f"{len(part)} tensors: the method's {group} has another "
                                                   "structure; the release's finetuning does not use it either")
-    provenance = {**imported.provenance, "heads": kept, "ignored": ignored}
+    provenance = {**imported.provenance, "heads": kept, "ignored": ignored,
+                  "filled": {k: v for k, v in filled.items() if k in state}}
     return dataclasses.replace(imported, state_dict=state, provenance=provenance)
 
 

@@ -18,6 +18,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_data import write_cifar10
+
+from benchmark.checkpoints import load_encoder
+from benchmark.data import _stratified_split, load_dataset
+from benchmark.errors import ConfigError, UnknownName
+from benchmark.io import save_checkpoint
+from benchmark.labels import check_pseudo_labels
+from benchmark.models import BackboneConfig, classifier_from_encoder
+from benchmark.released import (
+    FORMATS,
+    ReleaseError,
+    convert_advcl_labels,
+    fit_to_model,
+    read_released,
+)
+from methods import get_method
 
 FIXTURES = Path(__file__).parent / "fixtures" / "released"
 TOL = 1e-5
@@ -149,19 +165,6 @@ def save_release(path: Path, fmt: str, sd: dict) -> Path:
 
 # ---- importing each format reproduces the original code's outputs -----------------------------
 
-from benchmark.checkpoints import load_encoder  # noqa: E402
-from benchmark.errors import ConfigError, UnknownName  # noqa: E402
-from benchmark.io import save_checkpoint  # noqa: E402
-from benchmark.models import BackboneConfig, classifier_from_encoder  # noqa: E402
-from benchmark.released import (  # noqa: E402
-    FORMATS,
-    ReleaseError,
-    convert_advcl_labels,
-    fit_to_model,
-    read_released,
-)
-from methods import get_method  # noqa: E402
-
 # case (fixture) -> format, release layout, acbench method it is imported for
 CASES = {
     "acl": ("acl", "acl", "acl"),
@@ -254,6 +257,26 @@ def test_provenance_and_heads(tmp_path: Path) -> None:
     assert rocl.provenance["heads"] == [] and rocl.finetune_branch == "normal"
     stl, _ = import_release(tmp_path, "dynacl-stl")
     assert stl.backbone["name"] == "resnet18-imagenet"
+
+
+def test_zoo_containers_and_normalisation_from_the_file(tmp_path: Path) -> None:
+    sd = release_state(LAYOUTS["acl"])
+    sd["normalize.mean"] = torch.tensor([0.5, 0.25, 0.125])
+    torch.save({"state_dict_dual": prefixed(sd, "module."), "epoch": 25}, tmp_path / "zoo.pt")
+    imp = read_released(tmp_path / "zoo.pt", "robustssl", "acl")
+    assert imp.provenance["container"] == "state_dict_dual" and imp.provenance["prefix"] == "module."
+    assert tuple(imp.backbone["mean"]) == (0.5, 0.25, 0.125)
+    assert imp.state_dict["encoder.normalize.mean"].flatten().tolist() == [0.5, 0.25, 0.125]
+
+
+def test_a_bias_free_method_head_drops_the_filled_zero_biases(tmp_path: Path) -> None:
+    p = save_release(tmp_path / "a.pt", "acl", release_state(LAYOUTS["acl"]))
+    imp = read_released(p, "acl", "acl")
+    state = get_method("acl").build_model(BackboneConfig.from_dict(imp.backbone)).state_dict()
+    del state["head.linears.1.bias"], state["head.linears.2.bias"]
+    fitted = fit_to_model(imp, state)
+    assert fitted.provenance["heads"] == ["head"] and fitted.provenance["filled"] == {}
+    assert set(fitted.state_dict) == set(state)
 
 
 @torch.no_grad()
@@ -385,11 +408,6 @@ def _label_file(path: Path, n: int, torch_tensors: bool = False) -> dict:
 
 @pytest.mark.parametrize("torch_tensors", [False, True])  # AdvCL (CIFAR-10) / A-InfoNCE (CIFAR-100)
 def test_advcl_labels_aligned_with_the_pretraining_images(tmp_path: Path, torch_tensors: bool) -> None:
-    from test_data import write_cifar10
-
-    from benchmark.data import _stratified_split, load_dataset
-    from benchmark.labels import check_pseudo_labels
-
     written = write_cifar10(tmp_path / "data", per_batch=40)
     x, y = written["train"]
     data = load_dataset("cifar10", tmp_path / "data", val_size=20)
