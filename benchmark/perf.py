@@ -33,7 +33,7 @@ uint8 images, the scheduler step and the epoch log.
 * ``passes_per_image``: images through the encoder's stem per kind of pass (``forward``,
   ``input_backward``: attack, ``weight_backward``: training), exact; ``forward +
   input_backward + 2 weight_backward`` is the cost formula of docs/methods.md (ACL 4K + 12,
-  RoCL 2K + 10, AdvCL 4K + 18, adaptive AdvCL-IP variants 4K + 20, SimCLR 6).
+  RoCL 2K + 16, AdvCL 4K + 18, adaptive AdvCL-IP variants 4K + 20, SimCLR 6).
 * ``attack_steps`` and ``peak_memory_mb`` over one harness step: on CUDA
   ``torch.cuda.max_memory_allocated`` (everything on the device); on CPU the bytes of the
   persistent tensors (weights, gradients, buffers, optimiser state, images, stage inputs) plus
@@ -162,7 +162,7 @@ class PerfBench:
         data = _random_data(p.dataset, p.image_size or NATIVE_SIZE[p.dataset], n, seed)
         cfg = PretrainConfig(
             method=method, method_params=params, dataset=p.dataset, image_size=data.image_size,
-            backbone=backbone or p.backbone, seed=seed, recipe=recipe.replace(batch_size=self.batch_size),
+            backbone=backbone or p.backbone_for(p.dataset), seed=seed, recipe=recipe.replace(batch_size=self.batch_size),
             precision=precision, compile=compile,
         )
         self.preset, self.backbone, self.compiled = preset, cfg.backbone, compile

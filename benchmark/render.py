@@ -324,7 +324,7 @@ def write_plots(board: Leaderboard, out_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------
 # RobustBench
 
-_ARCHITECTURES = {"resnet18": "ResNet-18"}
+_ARCHITECTURES = {"resnet18": "ResNet-18", "resnet18-imagenet": "ResNet-18"}
 
 
 def robustbench_entry(record: Record) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def test_run_writes_three_records_with_the_protocol_schema(smoke_run):
         assert (rec["method"], rec["dataset"], rec["finetune_dataset"], rec["preset"]) == (
             "simclr", "digits", "digits", "smoke")
         assert rec["seed"] == 0 and rec["selection"] == "last" and rec["backbone"] == "resnet10-tiny"
-        assert rec["method_params"] == {"temperature": 0.5, "crop_scale_min": 0.08}
+        assert rec["method_params"] == {"temperature": 0.5, "init": "default", "crop_scale_min": 0.08}
         m = rec["metrics"]
         assert {"clean", "pgd20", "autoattack"} <= set(m)
         for k in ("clean", "pgd20"):

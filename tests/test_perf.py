@@ -25,13 +25,14 @@ def _bench(method: str, precision: str = "fp32", **params) -> PerfBench:
 
 # Per image, K attack steps (docs/methods.md):
 #   ACL:   attack 2K view forwards + 2K input-only backwards; loss 4 views (2 clean, 2 adv) fwd + bwd
-#   RoCL:  1 no-grad target forward; attack K forwards + K input-only backwards; loss 3 views
+#   RoCL:  1 no-grad target forward; attack K forwards + K input-only backwards; regulariser 2 views
+#          (its own forward, as released) + loss 3 views
 #   AdvCL: 3 no-grad clean forwards (t1, t2, HFC); attack 2K (x_cl, x_ce) forwards + 2K input-only
 #          backwards; loss 5 (x_cl, t1, t2, HFC, x_ce); adaptive IP variants: + 2 no-grad d_t forwards
 #   SimCLR: 2 views forward + backward
 FORMULAS = {
     "acl": lambda k: {"forward": 2 * k + 4, "input_backward": 2 * k, "weight_backward": 4},
-    "rocl": lambda k: {"forward": 1 + k + 3, "input_backward": k, "weight_backward": 3},
+    "rocl": lambda k: {"forward": 1 + k + 2 + 3, "input_backward": k, "weight_backward": 5},
     "advcl": lambda k: {"forward": 3 + 2 * k + 5, "input_backward": 2 * k, "weight_backward": 5},
     "advcl-adaptive": lambda k: {"forward": 3 + 2 * k + 5 + 2, "input_backward": 2 * k, "weight_backward": 5},
     "simclr": lambda k: {"forward": 2, "input_backward": 0, "weight_backward": 2},
@@ -58,7 +59,7 @@ def _params(method: str) -> dict[str, int]:
     "method,k,expected",
     [
         ("acl", 5, 32),  # 4K + 12
-        ("rocl", 7, 24),  # 2K + 10
+        ("rocl", 7, 30),  # 2K + 16 (2K + 10 with reg_forward="shared")
         ("advcl", 5, 38),  # 4K + 18 (the released code recomputes the clean views: about 50)
         ("advcl-ip", 5, 40),  # 4K + 20
         ("simclr", 0, 6),
