@@ -49,16 +49,16 @@ def evaluate_classifier(
     """Accuracy (percent) under each attack spec on float images ``x`` in [0, 1].
 
     Returns ``{"metrics": {spec: percent}, "warnings": [...], "flags": [Flag JSON],
-    "attacks": {spec: settings}, "seconds": float}``. Every spec is checked before any attack runs.
+    "attacks": {spec: settings}, "seconds": float}``. Every spec is checked before any attack runs
+    and keyed in its canonical form (``"PGD20"`` -> ``"pgd20"``, ``"ta:cw"`` -> ``"ta:CW"``).
     """
-    for spec in attacks:
-        check_attack_spec(spec)
+    specs = list(dict.fromkeys(check_attack_spec(spec) for spec in attacks))
     model.eval()
     t0 = time.time()
     metrics: dict[str, float | None] = {}
     settings: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
-    for spec in tqdm(attacks, desc="evaluate", disable=not progress, leave=False):
+    for spec in tqdm(specs, desc="evaluate", disable=not progress, leave=False):
         settings[spec] = attack_settings(spec, **eval_options(spec, cfg))
         acc, warns = robust_accuracy(model, x, y, spec, cfg)
         metrics[spec] = round(acc, 4)

@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from attacks import (
@@ -19,6 +20,7 @@ from attacks import (
     get_attack,
 )
 from attacks.zoo import torchattacks_classes
+from benchmark import evaluate
 from benchmark.config import EvalConfig
 from benchmark.data import load_dataset
 from benchmark.errors import AcbenchError, ConfigError, UnknownName
@@ -204,8 +206,23 @@ def test_evaluate_records_metrics_settings_and_flags(tiny):
     x_adv = torch.cat([pgd(model, x[i : i + 24], y[i : i + 24]) for i in range(0, len(x), 24)])
     assert r["metrics"]["pgd20"] == percent(model, x_adv, y, 24)
     assert r["flags"] == []  # pgd20 <= clean holds
+    r = evaluate_classifier(model, x[:8], y[:8], ["CLEAN", "ta:fgsm", "ta:FGSM"], cfg, progress=False)
+    assert list(r["metrics"]) == ["clean", "ta:FGSM"]  # canonical keys, each attack once
     with pytest.raises(UnknownName, match="did you mean 'PGD'"):
         evaluate_classifier(model, x, y, ["clean", "ta:PDG"], cfg, progress=False)  # before any attack
+
+
+def test_evaluate_flags_broken_invariants_and_attack_warnings(monkeypatch):
+    fake = {"clean": (50.0, []), "pgd20": (60.0, []), "autoattack": (40.0, ["it seems to be a randomized defense!"])}
+    monkeypatch.setattr(evaluate, "robust_accuracy", lambda model, x, y, spec, cfg: fake[spec])
+    r = evaluate_classifier(nn.Identity(), torch.zeros(2, 3, 4, 4), torch.zeros(2), list(fake), EvalConfig(),
+                            progress=False)
+    assert r["metrics"] == {"clean": 50.0, "pgd20": 60.0, "autoattack": 40.0}
+    assert r["warnings"] == ["autoattack: it seems to be a randomized defense!"]
+    assert r["flags"] == [
+        {"kind": "invariant", "message": "pgd20 60.00 > clean 50.00"},
+        {"kind": "autoattack-warning", "message": "autoattack: it seems to be a randomized defense!"},
+    ]
 
 
 PLUGIN = '''
