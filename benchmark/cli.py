@@ -28,17 +28,23 @@ from benchmark.cli_common import (
     target_options,
 )
 from benchmark.config import PRESETS, get_preset
+from benchmark.data import DATASETS, load_dataset
+from benchmark.errors import check_choice
+from benchmark.imports import ImportStage
 from benchmark.io import atomic_write_text
+from benchmark.labels import check_pseudo_labels, save_pseudo_labels
 from benchmark.leaderboard import build_leaderboard, load_records, load_reported
 from benchmark.perf import perf_all, render_table, reports_json
 from benchmark.pipeline import Target, run_pretrain_stage, session_for
 from benchmark.records import Record
+from benchmark.released import FORMATS, convert_advcl_labels
 from benchmark.render import render, write_plots
 from benchmark.schemes import SELECTIONS
 from benchmark.stage import RunOptions, dataset_for, run_once
 from benchmark.store import RunStore
 from benchmark.suite import build_suite, load_suite_file, run_method, run_suite
 from methods import get_method, list_methods, load_plugin
+from methods.advcl import CLUSTERS
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,6 +134,8 @@ def summary(records: list[Record]) -> str:
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
               help="Worker processes for the schemes after pretraining (default: one per scheme on CPU, 1 on GPU).")
 @protocol_option
+@click.option("--pretrained", default=None, metavar="KEY",
+              help="Finetune and evaluate an imported released checkpoint (`acbench import`) instead of pretraining.")
 @target_options
 @json_option
 def run(schemes, jobs, target: Target, opts: RunOptions, as_json: bool) -> None:
@@ -316,6 +324,45 @@ def perf_cmd(method, all_methods, preset, backbone, batch_size, steps, rounds, w
         click.echo(reports_json(result.reports) if as_json else text)
     if result.failures:  # --all goes on past a failing method, then says which failed
         raise click.ClickException("perf failed for " + "; ".join(result.failures))
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", required=True, type=click.Choice(list(FORMATS)),
+              help="Which repository saved FILE (its state-dict layout).")
+@click.option("--method", required=True, help="The acbench method the checkpoint was pretrained with.")
+@click.option("--dataset", required=True, help="Its pretraining dataset (cifar10, cifar100, stl10).")
+@click.option("--head", "head_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="RoCL: the separate projector file (<checkpoint>_projector).")
+@run_options
+@json_option
+def import_cmd(file, fmt, method, dataset, head_file, opts: RunOptions, as_json) -> None:
+    """Store a released pretrained encoder (strictly mapped, with provenance) as a pretraining stage;
+    then `acbench run --pretrained KEY --method M --dataset D` finetunes and evaluates it."""
+    check_choice("dataset", dataset, DATASETS)
+    get_method(method, dataset=dataset)
+    stage = ImportStage.of_file(file, fmt, method, dataset, head_file)
+    key = run_once(stage, opts, session_for(opts, frozenset({"import"})))
+    info = {"stage": "import", "key": key, "dir": str(opts.store.dir("import", key)),
+            **opts.store.done_info("import", key)}
+    emit(info, as_json, f"imported {file} as {method} ({fmt}, {dataset}): key {key}\n"
+         f"next: acbench run --pretrained {key} --method {method} --dataset {dataset} --preset paper")
+
+
+@main.command("import-labels")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dataset", default="cifar10", show_default=True, help="The dataset the labels were made for.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The .npz to write (use it with --param pseudo_labels_file=OUT).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+def import_labels(file, dataset, out, data_dir) -> None:
+    """Convert AdvCL's released pseudo-label file into the .npz acbench reads, aligned with acbench's
+    training split (the validation images removed, in pretraining order)."""
+    data = load_dataset(check_choice("dataset", dataset, ("cifar10", "cifar100")), data_dir=data_dir)
+    labels = convert_advcl_labels(file, keep=data.train_index.numpy(), n_train=len(data.train_x) + len(data.val_x))
+    check_pseudo_labels(labels, len(data.pretrain_x), str(file), CLUSTERS)
+    save_pseudo_labels(out, labels)
+    click.echo(f"wrote {out} ({len(data.pretrain_x)} images; use --param pseudo_labels_file={out})")
 
 
 if __name__ == "__main__":  # pragma: no cover

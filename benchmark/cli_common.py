@@ -118,14 +118,16 @@ def target_options(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(method, params, preset, dataset, seed, opts: RunOptions, attacks=None, selection="last",
-                protocol=UNIFORM, **kw):
+                protocol=UNIFORM, pretrained=None, **kw):
         p = get_preset(preset)
         dataset = check_choice("dataset", dataset or p.dataset, DATASETS)
         params = parse_params(params)
         get_method(method, dataset=dataset, **params)
         dataset_for(opts, dataset, p.image_size)
         attacks = split_list(attacks, DEFAULT_ATTACKS, check_attack_spec, "attack")
-        target = Target(method, params, p, dataset, seed, attacks, selection, protocol)
+        target = Target(method, params, p, dataset, seed, attacks, selection, protocol, pretrained)
+        if pretrained:
+            target.pretrain(opts)  # an unknown key, or another method's checkpoint, fails here
         return fn(target=target, opts=opts, **kw)
 
     options = [

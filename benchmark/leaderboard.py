@@ -181,9 +181,9 @@ def _build_table(key: tuple, records: list[Record], index: ReportedIndex) -> Tab
     by_run: dict[tuple[str, str, int], Record] = {}
     duplicates: dict[str, set[tuple[str, int]]] = {}
     for rec in records:
-        run = (rec.method, rec.scheme, rec.seed)
+        run = (rec.row_name, rec.scheme, rec.seed)
         if run in by_run:
-            duplicates.setdefault(rec.method, set()).add((rec.scheme, rec.seed))
+            duplicates.setdefault(rec.row_name, set()).add((rec.scheme, rec.seed))
             if str(rec.created) < str(by_run[run].created):
                 continue
         by_run[run] = rec
@@ -207,7 +207,7 @@ def _build_table(key: tuple, records: list[Record], index: ReportedIndex) -> Tab
         aa = [cells[s]["autoattack"].mean for s in schemes if cells[s]["autoattack"].n]
         reported = {}
         for s in schemes:
-            ref = find_reported(index, method, preset, protocol, pre, fine, s, threat, eps)
+            ref = find_reported(index, runs[next(iter(runs))].method, preset, protocol, pre, fine, s, threat, eps)
             if ref is not None:
                 reported[s] = _reported(ref, cells[s])
         flags = _row_flags(

@@ -21,6 +21,8 @@ import torch
 
 from benchmark.checkpoints import CLASSIFIER
 from benchmark.config import Preset, get_preset, recipe_deviations
+from benchmark.errors import ConfigError
+from benchmark.imports import ImportStage
 from benchmark.io import atomic_write_json
 from benchmark.protocols import ROBUSTSSL, UNIFORM, check_protocol, protocol_flags, robustssl_family
 from benchmark.records import RECIPE_DEVIATION, Flag, Record
@@ -43,6 +45,7 @@ class Target:
     attacks: tuple[str, ...] = ("clean", "pgd20", "autoattack")
     selection: str = "last"
     protocol: str = UNIFORM  # finetuning protocol
+    pretrained: str | None = None  # the key of an imported released checkpoint (`acbench import`)
 
     def __post_init__(self) -> None:
         if isinstance(self.preset, str):
@@ -54,7 +57,13 @@ class Target:
         # clean accuracy is always reported, first
         object.__setattr__(self, "attacks", tuple(dict.fromkeys(("clean", *self.attacks))))
 
-    def pretrain(self, opts: RunOptions) -> PretrainStage:
+    def pretrain(self, opts: RunOptions) -> PretrainStage | ImportStage:
+        if self.pretrained:
+            stage = ImportStage.stored(opts.store, self.pretrained)
+            if (stage.method, stage.dataset) != (self.method, self.dataset):
+                raise ConfigError(f"imported checkpoint {self.pretrained} is {stage.method} on {stage.dataset}, "
+                                  f"not {self.method} on {self.dataset}")
+            return stage
         return PretrainStage(opts, self.method, dict(self.params), self.preset, self.dataset, self.seed)
 
     def finetune(self, opts: RunOptions, scheme: str) -> FinetuneStage:
@@ -96,18 +105,25 @@ def run_scheme(opts: RunOptions, target: Target, scheme: str, session: Session |
 
 def make_record(opts: RunOptions, target: Target, scheme: str, keys: dict[str, str]) -> Record:
     store, preset = opts.store, target.preset
-    pre = store.done_info("pretrain", keys["pretrain"])
+    pre_stage = target.pretrain(opts)
+    pre = store.done_info(pre_stage.kind, keys["pretrain"])
     fin = store.done_info("finetune", keys["finetune"])
     ev = store.done_info("evaluate", keys["evaluate"])
-    m = get_method(target.method, dataset=target.dataset, **target.params)
-    recipe = target.pretrain(opts).pretrain_config().recipe
-    deviations = recipe_deviations(recipe, m.paper_recipe(target.dataset))
+    pretrained_here = isinstance(pre_stage, PretrainStage)
+    params = preset.method_params(target.method, target.dataset, target.params) if pretrained_here else target.params
+    m = get_method(target.method, dataset=target.dataset, **params)
+    paper = m.paper_recipe(target.dataset)
+    recipe = pre_stage.pretrain_config().recipe if pretrained_here else paper
+    deviations = recipe_deviations(recipe, paper) + (preset.deviations() if pretrained_here else [])
     metrics = {k: ev["metrics"].get(k) for k in ("clean", "pgd20", "autoattack")}
     metrics.update({k: v for k, v in ev["metrics"].items() if k not in metrics})
     flags = [Flag.from_json(f) for f in ev["flags"]]
     flags += protocol_flags(target.protocol, target.method, scheme, target.dataset, target.dataset, target.selection)
     if preset.name == "paper":
         flags += [Flag(RECIPE_DEVIATION, d) for d in deviations]
+    released = pre.get("provenance") if isinstance(pre_stage, ImportStage) else None
+    if released:
+        flags.append(Flag("released-checkpoint", f"{released['format']} {released['sha256'][:12]} ({released['source']})"))
     return Record(
         method=target.method,
         method_params=dataclasses.asdict(m.params),
@@ -133,6 +149,7 @@ def make_record(opts: RunOptions, target: Target, scheme: str, keys: dict[str, s
         precision={"pretrain": pre.get("precision", "fp32"), "finetune": "fp32", "evaluation": "fp32"},
         pretrain_options=pre.get("options", {"compile": False, "channels_last": False}),
         threads=ev.get("threads"),
+        released=released,
         stages=dict(keys),
         checkpoint=f"runs/finetune/{keys['finetune']}/{CLASSIFIER}",
         cost={"pretrain_s": round(pre["seconds"], 2), "finetune_s": round(fin["seconds"], 2),

@@ -86,6 +86,7 @@ class Record:
     precision: dict[str, str] = field(default_factory=dict)
     pretrain_options: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None  # intra-op threads of the CPU stages (None: not fixed / GPU)
+    released: dict[str, Any] | None = None  # provenance of an imported released checkpoint
     stages: dict[str, str] = field(default_factory=dict)  # stage name -> key
     checkpoint: str = ""
     cost: dict[str, Any] = field(default_factory=dict)
@@ -148,10 +149,17 @@ class Record:
         except RecordError as e:
             raise RecordError(f"{path}: {e}") from None
 
+    @property
+    def row_name(self) -> str:
+        """The leaderboard row: the method, marked when its encoder is a released checkpoint."""
+        return f"{self.method} (released checkpoint)" if self.released else self.method
+
     # ---- where it lives ----------------------------------------------------------------------
     def relative_path(self) -> Path:
         """``records/<preset>/<dataset>-<finetune_dataset>/<method>/seed<seed>_<scheme>[...].json``."""
         tail = "" if self.selection == "last" else f"_{self.selection}"
+        if self.released:
+            tail += "_released"
         if self.protocol != "uniform":
             tail += f"_{self.protocol}"
         return (Path("records") / self.preset / f"{self.dataset}-{self.finetune_dataset}" / self.method

@@ -124,6 +124,10 @@ class Stage(ABC):
     def run(self, run: StageRun) -> dict[str, Any]:
         """Compute the stage into ``run.dir``; return its summary (``done.json``)."""
 
+    def notes(self) -> dict[str, Any]:
+        """What ``config.json`` keeps beyond the key's config (e.g. where an input file was)."""
+        return {}
+
     def outputs(self, opts: RunOptions, key: str) -> dict[str, Any]:
         """What a downstream stage receives from this one, read from its finished folder."""
         return {}
@@ -202,4 +206,4 @@ def kinds(stage: Stage) -> dict[str, str]:
 
 def begin_config(stage: Stage, opts: RunOptions, upstream: dict[str, str]) -> dict[str, Any]:
     """What ``config.json`` holds: the stage's config and its upstream keys."""
-    return {**stage_config(stage, opts), "upstream": upstream}
+    return {**stage_config(stage, opts), **stage.notes(), "upstream": upstream}

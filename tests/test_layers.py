@@ -28,7 +28,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "pipeline": (
         "benchmark.config", "benchmark.schemes*", "benchmark.finetune", "benchmark.evaluate",
         "benchmark.pretrain", "benchmark.store", "benchmark.stage", "benchmark.stages", "benchmark.records",
-        "benchmark.pipeline", "benchmark.pseudolabels", "benchmark.protocols",
+        "benchmark.pipeline", "benchmark.pseudolabels", "benchmark.protocols", "benchmark.imports",
     ),
     "runners": ("benchmark.suite", "benchmark.distributed"),
     "reports": ("benchmark.leaderboard", "benchmark.leaderboard_types", "benchmark.leaderboard_reported",

@@ -21,7 +21,7 @@ import torch
 from test_data import write_cifar10
 
 from benchmark.checkpoints import load_encoder
-from benchmark.data import _stratified_split, load_dataset
+from benchmark.data import load_dataset
 from benchmark.errors import ConfigError, UnknownName
 from benchmark.io import save_checkpoint
 from benchmark.labels import check_pseudo_labels
@@ -414,7 +414,7 @@ def test_advcl_labels_aligned_with_the_pretraining_images(tmp_path: Path, torch_
     rows = {r.tobytes(): i for i, r in enumerate(x)}  # random images: each is unique
     keep = np.array([rows[img.numpy().reshape(-1).tobytes()] for img in data.pretrain_x])
     assert (np.diff(keep) > 0).all()  # pretrain_x is the train split minus the validation images, in order
-    assert (keep == _stratified_split(torch.as_tensor(y), 20)[0].numpy()).all()
+    assert (keep == data.train_index.numpy()).all()  # the dataset says where each image came from
     raw = _label_file(tmp_path / "labels.pkl", len(x), torch_tensors)
     out = convert_advcl_labels(tmp_path / "labels.pkl", keep=keep, n_train=len(x))
     for h in (2, 10, 50, 100, 500):
