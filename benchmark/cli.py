@@ -238,8 +238,10 @@ def suite(suite_file, preset, methods, datasets, seeds, schemes, attacks, select
         fields["executor"] = "pool"
         fields.setdefault("jobs", (os.cpu_count() or 1) + 1)
     spec = build_suite(fields, where)
-    for d in spec.resolved_datasets():  # missing data fails here, before anything runs
+    for d in spec.resolved_datasets():  # missing data or imported checkpoints fail here, before anything runs
         dataset_for(opts, d, get_preset(spec.preset).image_size)
+        for method, key in spec.pretrained.items():
+            Target(method, preset=spec.preset, dataset=d, pretrained=key).pretrain(opts)
     result = run_suite(opts, spec, progress=opts.progress, echo=lambda s: click.echo(s, err=True))
     written = []
     for fmt in ("md", "csv"):

@@ -75,6 +75,7 @@ class Suite:
     selection: str = "last"
     protocol: str = UNIFORM  # finetuning protocol
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
+    pretrained: dict[str, str] = field(default_factory=dict)  # method -> imported checkpoint key
     executor: str = "local"
     jobs: int = 1
     slurm: SlurmOptions = SlurmOptions()
@@ -169,6 +170,11 @@ def build_suite(fields: dict[str, Any], where: str = "suite") -> Suite:
             if k not in names:
                 raise SuiteError(f"slurm: unknown key {k!r}; known keys: {', '.join(sorted(names))}")
         out["slurm"] = SlurmOptions(**raw)
+    if "pretrained" in fields:
+        raw = fields["pretrained"]
+        if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+            raise SuiteError("pretrained: expected a table [pretrained] of method = \"<import key>\"")
+        out["pretrained"] = dict(raw)
     if "params" in fields:
         raw = fields["params"]
         if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
@@ -223,7 +229,7 @@ class Job:
 
 def target_of(suite: Suite, job: Job) -> Target:
     return Target(job.method, dict(suite.params.get(job.method, {})), get_preset(suite.preset), job.dataset,
-                  job.seed, tuple(suite.attacks), suite.selection, suite.protocol)
+                  job.seed, tuple(suite.attacks), suite.selection, suite.protocol, suite.pretrained.get(job.method))
 
 
 def run_job(opts: RunOptions, suite: Suite, job: Job) -> dict[str, Any]:
@@ -257,6 +263,7 @@ def run_method(opts: RunOptions, target: Target, schemes: Sequence[str], jobs: i
                   seeds=(target.seed,), schemes=tuple(schemes),
                   attacks=tuple(a for a in target.attacks if a != "clean"), selection=target.selection,
                   protocol=target.protocol,
+                  pretrained={target.method: target.pretrained} if target.pretrained else {},
                   params={target.method: dict(target.params)}, executor="pool" if jobs > 1 else "local",
                   jobs=max(1, min(jobs, len(schemes))))
     if suite.preset not in PRESETS or get_preset(suite.preset) != target.preset:

@@ -436,3 +436,51 @@ def test_advcl_labels_refused(tmp_path: Path) -> None:
         pickle.dump(obj, f)
     refused(tmp_path, convert_advcl_labels, tmp_path / "m.pkl", n_train=30, match="missing pseudo_train_50")
     refused(tmp_path, convert_advcl_labels, tmp_path / "l.pkl", keep=[0, 30], n_train=30, match="keep must be")
+
+
+# ---- through the command line: import, then finetune and evaluate the released encoder -------------
+
+
+@pytest.mark.slow
+def test_import_then_run_pretrained_marks_the_leaderboard_row(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from benchmark.cli import main
+
+    write_cifar10(tmp_path / "data", per_batch=240, n_test=64)  # room for the 1,000 validation images
+    release = save_release(tmp_path / "acl.pt", "acl", release_state(LAYOUTS["acl"]))
+    common = ["--results", str(tmp_path / "results"), "--data-dir", str(tmp_path / "data"), "--quiet"]
+    r = CliRunner().invoke(main, ["import", str(release), "--format", "acl", "--method", "acl",
+                                  "--dataset", "cifar10", *common, "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["provenance"]["sha256"] == hashlib.sha256(release.read_bytes()).hexdigest()
+    again = CliRunner().invoke(main, ["import", str(release), "--format", "acl", "--method", "acl",
+                                      "--dataset", "cifar10", *common, "--json"])
+    assert json.loads(again.stdout)["key"] == info["key"]  # same file, same stage
+    r = CliRunner().invoke(main, ["run", "--pretrained", info["key"], "--method", "acl", "--dataset", "cifar10",
+                                  "--preset", "smoke", "--schemes", "slf", "--attacks", "clean", *common, "--json"])
+    assert r.exit_code == 0, r.output
+    (rec,) = json.loads(r.stdout)
+    assert rec["released"]["format"] == "acl" and rec["stages"]["pretrain"] == info["key"]
+    assert any(f["kind"] == "released-checkpoint" for f in rec["flags"])
+    board = CliRunner().invoke(main, ["leaderboard", "--results", str(tmp_path / "results")])
+    assert "acl (released checkpoint)" in board.stdout
+    wrong = CliRunner().invoke(main, ["run", "--pretrained", info["key"], "--method", "advcl", "--dataset", "cifar10",
+                                      "--preset", "smoke", *common])
+    assert wrong.exit_code == 1 and "is acl on cifar10" in wrong.output
+
+
+def test_import_refuses_a_foreign_file_and_writes_nothing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from benchmark.cli import main
+
+    bad = tmp_path / "notes.pt"
+    bad.write_text("not a checkpoint")
+    r = CliRunner().invoke(main, ["import", str(bad), "--format", "acl", "--method", "acl", "--dataset", "cifar10",
+                                  "--results", str(tmp_path / "results")])
+    assert r.exit_code == 1 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "results").exists()
