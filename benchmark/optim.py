@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules for acbench pretraining (METHODS.md, section 2).
+"""Optimisers and learning-rate schedules for acbench pretraining (docs/methods.md).
 
 * :class:`LARS`: layer-wise adaptive rate scaling (You, Gitman, Ginsburg, "Large Batch Training
   of Convolutional Networks", 2017) with the options needed to reproduce both ACL's LARS and
@@ -180,7 +180,7 @@ def warmup_cosine_lambda(
     through the cosine phase and ``min_ratio`` at ``step = total_steps`` (and after it). Use with
     :class:`torch.optim.lr_scheduler.LambdaLR` and call ``scheduler.step()`` once per iteration.
 
-    ACL: ``warmup_cosine_lambda(E * n_iter, 10 * n_iter, min_ratio=1e-6 / lr)`` (METHODS.md, cosine
+    ACL: ``warmup_cosine_lambda(E * n_iter, 10 * n_iter, min_ratio=1e-6 / lr)`` (docs/methods.md, cosine
     to an absolute 1e-6). A "warm-up x k" schedule such as RoCL's (from ``lr`` to ``k * lr``) is
     peak learning rate ``k * lr`` with ``start_ratio = 1 / k``.
 

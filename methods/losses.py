@@ -1,4 +1,4 @@
-"""Contrastive losses used by acbench (METHODS.md, section 1).
+"""Contrastive losses used by acbench (docs/methods.md).
 
 All losses take ``z`` of shape ``[V, B, D]``: ``V`` views of the same ``B`` instances, each row
 already L2-normalised by the caller (the functions do not renormalise). Write ``a = (v, i)`` for
@@ -300,7 +300,7 @@ def _advcl_matrix(
 
 
 def info_nce(z: Tensor, temperature: float = 0.5, *, detach_contrast: bool = False) -> Tensor:
-    """Multi-view InfoNCE (NT-Xent for two views), METHODS.md section 1.
+    """Multi-view InfoNCE (NT-Xent for two views), docs/methods.md.
 
     ``info_nce = 1/(V B) * sum_a 1/(V-1) * sum_{b in P(a)} l_ab`` with
     ``l_ab = -log(exp(s_ab) / sum_{c != a} exp(s_ac))`` and ``s_ab = <z_a, z_b> / T``.
@@ -350,7 +350,7 @@ def a_info_nce(
     detach_contrast: bool = False,
     hn_form: str = "hcl",
 ) -> Tensor:
-    """Asymmetric InfoNCE (A-InfoNCE, Yu et al., ECCV 2022), METHODS.md section 1.
+    """Asymmetric InfoNCE (A-InfoNCE, Yu et al., ECCV 2022), docs/methods.md.
 
     ``a_info_nce = 1/(V B) * sum_a 1/(V-1) * sum_{b in P(a)} M_ab`` where ``M`` is built in three
     steps from ``l_ab``:

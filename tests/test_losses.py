@@ -1,4 +1,4 @@
-"""Tests for methods/losses.py against slow, literal reference implementations (METHODS.md s.1)."""
+"""Tests for methods/losses.py against slow, literal reference implementations (docs/methods.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def make_z(v: int, b: int, d: int = 6, seed: int = 0, dtype=DT) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Slow reference: loops over anchors a and positives b, literally following METHODS.md s.1.
+# Slow reference: loops over anchors a and positives b, literally following docs/methods.md.
 # Rows are indexed a = (view, instance); the scalar algebra is done on 0-d tensors so that
 # autograd (with explicit .detach() for the stop-gradient terms) gives reference gradients.
 # --------------------------------------------------------------------------------------------
