@@ -204,6 +204,7 @@ def leaderboard(results, fmt, out, plots, preset, dataset, scheme) -> None:
 @click.option("--attacks", default=None, help="Comma-separated attacks (as for `acbench run`).")
 @click.option("--select", "selection", default=None, help="Model selection: last or val.")
 @click.option("--protocol", default=None, help="Finetuning protocol: uniform (default) or robustssl.")
+@click.option("--finetune-dataset", default=None, help="Transfer: finetune and evaluate every encoder on this dataset.")
 @click.option("--executor", default=None,
               help="local, pool, submitit-local or slurm (default: pool on a CPU-only machine, else local).")
 @click.option("--jobs", type=int, default=None,
@@ -214,7 +215,8 @@ def leaderboard(results, fmt, out, plots, preset, dataset, scheme) -> None:
 @click.option("--array-parallelism", type=int, default=None, help="SLURM jobs of an array running at once.")
 @run_options
 @json_option
-def suite(suite_file, preset, methods, datasets, seeds, schemes, attacks, selection, protocol, executor, jobs,
+def suite(suite_file, preset, methods, datasets, seeds, schemes, attacks, selection, protocol, finetune_dataset,
+          executor, jobs,
           partition, time_min, gpus_per_job, array_parallelism, opts: RunOptions, as_json) -> None:
     """Run a benchmark grid (method x dataset x seed x scheme) and write RESULTS/leaderboard.md.
 
@@ -224,7 +226,8 @@ def suite(suite_file, preset, methods, datasets, seeds, schemes, attacks, select
     fields = load_suite_file(suite_file) if suite_file else {}
     where = str(suite_file) if suite_file else "options"
     cli = {"preset": preset, "methods": methods, "datasets": datasets, "schemes": schemes, "attacks": attacks,
-           "selection": selection, "protocol": protocol, "executor": executor, "jobs": jobs, "seeds": seeds}
+           "selection": selection, "protocol": protocol, "finetune_dataset": finetune_dataset, "executor": executor,
+           "jobs": jobs, "seeds": seeds}
     fields.update({k: v for k, v in cli.items() if v is not None})
     slurm = dict(fields.get("slurm", {}))
     for k, v in (("partition", partition), ("time_min", time_min), ("gpus_per_job", gpus_per_job),

@@ -118,14 +118,18 @@ def target_options(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def wrapper(method, params, preset, dataset, seed, opts: RunOptions, attacks=None, selection="last",
-                protocol=UNIFORM, pretrained=None, **kw):
+                protocol=UNIFORM, pretrained=None, finetune_dataset=None, **kw):
         p = get_preset(preset)
         dataset = check_choice("dataset", dataset or p.dataset, DATASETS)
         params = parse_params(params)
         get_method(method, dataset=dataset, **params)
         dataset_for(opts, dataset, p.image_size)
         attacks = split_list(attacks, DEFAULT_ATTACKS, check_attack_spec, "attack")
-        target = Target(method, params, p, dataset, seed, attacks, selection, protocol, pretrained)
+        if finetune_dataset:
+            check_choice("dataset", finetune_dataset, DATASETS)
+            dataset_for(opts, finetune_dataset, p.image_size)
+        target = Target(method, params, p, dataset, seed, attacks, selection, protocol, pretrained,
+                        finetune_dataset or "")
         if pretrained:
             target.pretrain(opts)  # an unknown key, or another method's checkpoint, fails here
         return fn(target=target, opts=opts, **kw)
@@ -138,6 +142,8 @@ def target_options(fn: Callable) -> Callable:
                      help="Scale of every stage: smoke (tests), quick (CPU benchmark), paper (GPU)."),
         click.option("--dataset", default=None, help=f"Dataset ({', '.join(DATASETS)}); default: the preset's."),
         click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--finetune-dataset", default=None,
+                     help="Finetune and evaluate on another dataset (a transfer, e.g. cifar10 -> stl10 at 32 px)."),
     ]
     for option in reversed(options):
         wrapper = option(wrapper)

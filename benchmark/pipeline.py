@@ -46,12 +46,15 @@ class Target:
     selection: str = "last"
     protocol: str = UNIFORM  # finetuning protocol
     pretrained: str | None = None  # the key of an imported released checkpoint (`acbench import`)
+    finetune_dataset: str = ""  # empty: the pretraining dataset; else a transfer (e.g. cifar10 -> stl10)
 
     def __post_init__(self) -> None:
         if isinstance(self.preset, str):
             object.__setattr__(self, "preset", get_preset(self.preset))
         if not self.dataset:
             object.__setattr__(self, "dataset", self.preset.dataset)
+        if not self.finetune_dataset:
+            object.__setattr__(self, "finetune_dataset", self.dataset)
         if check_protocol(self.protocol) == ROBUSTSSL:
             robustssl_family(self.method)  # a method without RobustSSL settings fails before anything runs
         # clean accuracy is always reported, first
@@ -67,11 +70,12 @@ class Target:
         return PretrainStage(opts, self.method, dict(self.params), self.preset, self.dataset, self.seed)
 
     def finetune(self, opts: RunOptions, scheme: str) -> FinetuneStage:
+        transfer = self.finetune_dataset if self.finetune_dataset != self.dataset else ""
         return FinetuneStage(self.pretrain(opts), scheme, self.preset, self.dataset, self.seed, self.selection,
-                             self.protocol, self.method)
+                             self.protocol, self.method, transfer)
 
     def evaluate(self, opts: RunOptions, scheme: str) -> EvaluateStage:
-        return EvaluateStage(self.finetune(opts, scheme), self.attacks, self.preset, self.dataset)
+        return EvaluateStage(self.finetune(opts, scheme), self.attacks, self.preset)
 
 
 def versions() -> dict[str, str]:
@@ -118,7 +122,8 @@ def make_record(opts: RunOptions, target: Target, scheme: str, keys: dict[str, s
     metrics = {k: ev["metrics"].get(k) for k in ("clean", "pgd20", "autoattack")}
     metrics.update({k: v for k, v in ev["metrics"].items() if k not in metrics})
     flags = [Flag.from_json(f) for f in ev["flags"]]
-    flags += protocol_flags(target.protocol, target.method, scheme, target.dataset, target.dataset, target.selection)
+    flags += protocol_flags(target.protocol, target.method, scheme, target.dataset, target.finetune_dataset,
+                            target.selection)
     if preset.name == "paper":
         flags += [Flag(RECIPE_DEVIATION, d) for d in deviations]
     released = pre.get("provenance") if isinstance(pre_stage, ImportStage) else None
@@ -128,7 +133,7 @@ def make_record(opts: RunOptions, target: Target, scheme: str, keys: dict[str, s
         method=target.method,
         method_params=dataclasses.asdict(m.params),
         dataset=target.dataset,
-        finetune_dataset=target.dataset,
+        finetune_dataset=target.finetune_dataset,
         preset=preset.name,
         seed=target.seed,
         scheme=scheme,

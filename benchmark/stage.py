@@ -67,9 +67,10 @@ def _dataset(name: str, data_dir: str | None, download: bool, image_size: int | 
     return load_dataset(name, data_dir=data_dir, download=download, image_size=image_size)
 
 
-def dataset_for(opts: RunOptions, name: str, image_size: int | None) -> Dataset:
-    """The dataset ``name`` (cached per process); ``image_size`` applies to the embedded datasets."""
-    size = image_size if name in ("digits", "synthetic") else None
+def dataset_for(opts: RunOptions, name: str, image_size: int | None, resize: bool = False) -> Dataset:
+    """The dataset ``name`` (cached per process). ``image_size`` applies to the embedded datasets,
+    and with ``resize`` to every dataset (a transfer: STL-10 at a CIFAR encoder's 32 px)."""
+    size = image_size if resize or name in ("digits", "synthetic") else None
     return _dataset(name, str(opts.data_dir) if opts.data_dir else None, opts.download, size)
 
 

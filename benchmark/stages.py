@@ -16,6 +16,7 @@ from typing import Any
 from benchmark.checkpoints import CLASSIFIER, ENCODER, load_classifier, load_encoder
 from benchmark.config import Preset
 from benchmark.devices import resolve_precision
+from benchmark.errors import ConfigError
 from benchmark.evaluate import evaluate_classifier
 from benchmark.finetune import run_finetune
 from benchmark.pretrain import PretrainConfig, run_pretrain
@@ -45,13 +46,14 @@ class PretrainStage(Stage):
     seed: int
 
     def pretrain_config(self) -> PretrainConfig:
-        m = get_method(self.method, dataset=self.dataset, **self.params)
+        m = get_method(self.method, dataset=self.dataset, **self.preset.method_params(self.method, self.dataset, self.params))
         opts = self.opts
         return PretrainConfig(  # every resolved parameter: a changed default is another run
             method=self.method, method_params=dataclasses.asdict(m.params), dataset=self.dataset,
             image_size=self.preset.image_size, backbone=self.preset.backbone_for(self.dataset), seed=self.seed,
             recipe=self.preset.recipe(m.paper_recipe(self.dataset)), train_limit=self.preset.train_limit,
             precision=resolve_precision(opts.precision, opts.torch_device()), compile=opts.compile,
+            augmentation=self.preset.augmentation,
         )
 
     def upstream(self) -> dict[str, Stage]:
@@ -95,25 +97,41 @@ class FinetuneStage(Stage):
     selection: str = "last"
     protocol: str = UNIFORM
     method: str = ""  # the pretrained method (the robustssl protocol's settings depend on its family)
+    finetune_dataset: str = ""  # empty: the pretraining dataset; else a transfer
+
+    @property
+    def target_dataset(self) -> str:
+        return self.finetune_dataset or self.dataset
+
+    def data(self, opts: RunOptions):
+        """The finetuning data; a transfer resizes it to the pretraining data's resolution."""
+        if self.target_dataset == self.dataset:
+            return dataset_for(opts, self.dataset, self.preset.image_size)
+        size = dataset_for(opts, self.dataset, self.preset.image_size).image_size
+        return dataset_for(opts, self.target_dataset, size, resize=True)
 
     def upstream(self) -> dict[str, Stage]:
         return {"pretrain": self.pretrain}
 
     def finetune_config(self) -> FinetuneConfig:
         return self.preset.finetune_config(self.scheme, self.dataset, self.selection, protocol=self.protocol,
-                                           method=self.method)
+                                           method=self.method, finetune_dataset=self.target_dataset)
 
     def config(self) -> dict[str, Any]:
+        transfer = {"finetune_dataset": self.finetune_dataset} if self.target_dataset != self.dataset else {}
         return {"finetune": self.finetune_config().to_dict(), "dataset": self.dataset, "seed": self.seed,
-                "train_limit": self.preset.train_limit, "protocol": self.protocol}
+                "train_limit": self.preset.train_limit, "protocol": self.protocol, **transfer}
 
     def prepare(self, opts: RunOptions, upstream: dict[str, str]) -> None:
-        dataset_for(opts, self.dataset, self.preset.image_size)
-        load_encoder(opts.store.dir(self.pretrain.kind, upstream["pretrain"]) / ENCODER)
+        data = self.data(opts)
+        _, ck = load_encoder(opts.store.dir(self.pretrain.kind, upstream["pretrain"]) / ENCODER)
+        if ck["backbone"]["in_channels"] != data.channels:
+            raise ConfigError(f"cannot finetune a {ck['backbone']['in_channels']}-channel encoder on "
+                              f"{self.target_dataset} ({data.channels} channels)")
 
     def run(self, run: StageRun) -> dict[str, Any]:
         opts = run.opts
-        data = dataset_for(opts, self.dataset, self.preset.image_size)
+        data = self.data(opts)
         return run_finetune(run.upstream_dir("pretrain") / ENCODER, self.finetune_config(), data, run.dir,
                             opts.torch_device(), self.seed, train_limit=self.preset.train_limit,
                             progress=opts.progress)
@@ -129,22 +147,21 @@ class EvaluateStage(Stage):
     finetune: FinetuneStage
     attacks: tuple[str, ...]
     preset: Preset
-    dataset: str
 
     def upstream(self) -> dict[str, Stage]:
         return {"finetune": self.finetune}
 
     def config(self) -> dict[str, Any]:
         return {"attacks": list(self.attacks), "eval": dataclasses.asdict(self.preset.eval),
-                "dataset": self.dataset}
+                "dataset": self.finetune.target_dataset}
 
     def prepare(self, opts: RunOptions, upstream: dict[str, str]) -> None:
-        dataset_for(opts, self.dataset, self.preset.image_size)
+        self.finetune.data(opts)
         load_classifier(opts.store.dir("finetune", upstream["finetune"]) / CLASSIFIER)
 
     def run(self, run: StageRun) -> dict[str, Any]:
         opts, ev = run.opts, self.preset.eval
-        data = dataset_for(opts, self.dataset, self.preset.image_size)
+        data = self.finetune.data(opts)
         device = opts.torch_device()
         n = ev.n_test or len(data.test_x)
         model = load_classifier(run.upstream_dir("finetune") / CLASSIFIER, device)

@@ -76,6 +76,7 @@ class Suite:
     protocol: str = UNIFORM  # finetuning protocol
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
     pretrained: dict[str, str] = field(default_factory=dict)  # method -> imported checkpoint key
+    finetune_dataset: str = ""  # empty: each pretraining dataset; else a transfer to this one
     executor: str = "local"
     jobs: int = 1
     slurm: SlurmOptions = SlurmOptions()
@@ -170,6 +171,8 @@ def build_suite(fields: dict[str, Any], where: str = "suite") -> Suite:
             if k not in names:
                 raise SuiteError(f"slurm: unknown key {k!r}; known keys: {', '.join(sorted(names))}")
         out["slurm"] = SlurmOptions(**raw)
+    if "finetune_dataset" in fields:
+        out["finetune_dataset"] = _choice("finetune_dataset", [fields["finetune_dataset"]], DATASETS)[0]
     if "pretrained" in fields:
         raw = fields["pretrained"]
         if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
@@ -229,7 +232,8 @@ class Job:
 
 def target_of(suite: Suite, job: Job) -> Target:
     return Target(job.method, dict(suite.params.get(job.method, {})), get_preset(suite.preset), job.dataset,
-                  job.seed, tuple(suite.attacks), suite.selection, suite.protocol, suite.pretrained.get(job.method))
+                  job.seed, tuple(suite.attacks), suite.selection, suite.protocol, suite.pretrained.get(job.method),
+                  suite.finetune_dataset)
 
 
 def run_job(opts: RunOptions, suite: Suite, job: Job) -> dict[str, Any]:
@@ -264,6 +268,7 @@ def run_method(opts: RunOptions, target: Target, schemes: Sequence[str], jobs: i
                   attacks=tuple(a for a in target.attacks if a != "clean"), selection=target.selection,
                   protocol=target.protocol,
                   pretrained={target.method: target.pretrained} if target.pretrained else {},
+                  finetune_dataset=target.finetune_dataset if target.finetune_dataset != target.dataset else "",
                   params={target.method: dict(target.params)}, executor="pool" if jobs > 1 else "local",
                   jobs=max(1, min(jobs, len(schemes))))
     if suite.preset not in PRESETS or get_preset(suite.preset) != target.preset:

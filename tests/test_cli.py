@@ -317,3 +317,14 @@ def test_robustssl_protocol_refuses_methods_it_has_no_settings_for(tmp_path):
                                   "--results", str(tmp_path)])
     assert r.exit_code == 1 and "simclr" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_transfer_run_renders_its_own_table(tmp_path):
+    """digits -> synthetic on smoke: the CPU stand-in for CIFAR -> STL-10."""
+    (rec,) = json.loads(invoke("run", "--method", "simclr", *SMOKE, "--finetune-dataset", "synthetic",
+                               "--schemes", "slf", "--attacks", "pgd20", "--json", "--results", tmp_path).stdout)
+    assert (rec["dataset"], rec["finetune_dataset"]) == ("digits", "synthetic")
+    assert (tmp_path / "records" / "smoke" / "digits-synthetic" / "simclr" / "seed0_slf.json").is_file()
+    md = invoke("leaderboard", "--results", tmp_path).stdout
+    assert "digits → synthetic" in md
