@@ -98,6 +98,16 @@ def _choice(key: str, values: Sequence[str], valid: Sequence[str]) -> tuple[str,
     return tuple(values)
 
 
+def _checked(key: str, values: Sequence[str], check: Callable[[str], Any]) -> tuple[str, ...]:
+    """``values`` if ``check`` accepts each one; else a SuiteError naming the key and the problem."""
+    for v in values:
+        try:
+            check(v)
+        except AcbenchError as e:
+            raise SuiteError(f"{key}: {e}") from None
+    return tuple(values)
+
+
 def _as_list(key: str, value: Any, kind: type) -> list:
     if isinstance(value, str) and kind is str:
         value = [v.strip() for v in value.split(",") if v.strip()]
@@ -127,13 +137,7 @@ def build_suite(fields: dict[str, Any], where: str = "suite") -> Suite:
         out["preset"] = _choice("preset", [fields["preset"]], list(PRESETS))[0]
     if "methods" in fields:
         methods = _as_list("methods", fields["methods"], str)
-        if methods != ["all"]:
-            for m in methods:
-                try:
-                    method_class(m)
-                except AcbenchError as e:
-                    raise SuiteError(f"methods: {e}") from None
-        out["methods"] = tuple(methods)
+        out["methods"] = tuple(methods) if methods == ["all"] else _checked("methods", methods, method_class)
     if "datasets" in fields:
         out["datasets"] = _choice("datasets", _as_list("datasets", fields["datasets"], str), DATASETS)
     if "seeds" in fields:
@@ -144,13 +148,7 @@ def build_suite(fields: dict[str, Any], where: str = "suite") -> Suite:
     if "schemes" in fields:
         out["schemes"] = _choice("schemes", _as_list("schemes", fields["schemes"], str), scheme_names())
     if "attacks" in fields:
-        attacks = _as_list("attacks", fields["attacks"], str)
-        for a in attacks:
-            try:
-                check_attack_spec(a)
-            except AcbenchError as e:
-                raise SuiteError(f"attacks: {e}") from None
-        out["attacks"] = tuple(attacks)
+        out["attacks"] = _checked("attacks", _as_list("attacks", fields["attacks"], str), check_attack_spec)
     if "selection" in fields:
         out["selection"] = _choice("selection", [fields["selection"]], SELECTIONS)[0]
     if "protocol" in fields:
