@@ -24,20 +24,15 @@ for the device.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = [
-    "CropFlip",
-    "SimCLRViews",
-    "colour_jitter",
-    "grayscale",
-    "resized_crop",
-    "sample_crop_boxes",
-    "to_float",
-]
+__all__ = ["CropFlip", "SimCLRViews", "ViewAdaptation", "colour_jitter", "grayscale", "resized_crop",
+           "sample_crop_boxes", "to_float"]
 
 _GRAY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
@@ -96,9 +91,7 @@ def sample_crop_boxes(
     """
     area = height * width
     target = area * (scale[0] + (scale[1] - scale[0]) * _rand((n, 10), generator))
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * _rand(
-        (n, 10), generator
-    )
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * _rand((n, 10), generator)
     ar = torch.exp(log_r)
     w = torch.round(torch.sqrt(target * ar))  # round half to even, like Python's round()
     h = torch.round(torch.sqrt(target / ar))
@@ -117,12 +110,8 @@ def sample_crop_boxes(
     w = torch.where(ok, w, torch.full_like(w, fw))
     h = torch.where(ok, h, torch.full_like(h, fh))
     u = _rand((n, 2), generator)
-    top = torch.where(
-        ok, torch.floor(u[:, 0] * (height - h + 1)), torch.full_like(h, (height - fh) // 2)
-    )
-    left = torch.where(
-        ok, torch.floor(u[:, 1] * (width - w + 1)), torch.full_like(w, (width - fw) // 2)
-    )
+    top = torch.where(ok, torch.floor(u[:, 0] * (height - h + 1)), torch.full_like(h, (height - fh) // 2))
+    left = torch.where(ok, torch.floor(u[:, 1] * (width - w + 1)), torch.full_like(w, (width - fw) // 2))
     return torch.stack([top, left, h, w], 1).long()
 
 
@@ -319,13 +308,9 @@ class SimCLRViews(nn.Module):
     ) -> None:
         super().__init__()
         if interpolation not in _KERNELS:
-            raise ValueError(
-                f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}"
-            )
+            raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
         if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
-            raise ValueError(
-                f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got {scale}, {ratio}"
-            )
+            raise ValueError(f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1], got {scale}, {ratio}")
         if jitter[3] > 0.5 or min(jitter) < 0:
             raise ValueError(f"jitter magnitudes must be >= 0 and hue <= 0.5, got {jitter}")
         self.size = size
@@ -432,3 +417,32 @@ class CropFlip(nn.Module):
         (index,) = to_device([(rows[:, :, None] * wp + cols[:, None, :]).view(n, 1, self.size**2)], x.device)
         out = padded.flatten(2).gather(2, index.expand(-1, x.shape[1], -1))
         return out.view(n, x.shape[1], self.size, self.size)
+
+
+
+@dataclass(frozen=True)
+class ViewAdaptation:
+    """How a preset scales every method's published augmentations to its data (default: as published).
+
+    The published views were designed for 32-96 px natural images: on 8x8 digits a crop down to 8%
+    of the area keeps a few pixels and a horizontal flip turns some digits into other shapes. So a
+    preset may raise the crop's lower area bound to ``min_crop_scale`` and drop flips (``flip``),
+    for every method alike: methods build their views through :meth:`simclr_views` / :meth:`crop_flip`.
+    """
+
+    min_crop_scale: float = 0.0
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_crop_scale <= 1.0:
+            raise ValueError(f"min_crop_scale must be in [0, 1], got {self.min_crop_scale}")
+
+    def simclr_views(self, size: int, scale: tuple[float, float] = (0.08, 1.0), **published: Any) -> SimCLRViews:
+        """:class:`SimCLRViews` with a method's published arguments, adapted."""
+        low = max(scale[0], self.min_crop_scale)
+        flip = published.pop("flip", True) and self.flip
+        return SimCLRViews(size, scale=(low, max(scale[1], low)), flip=flip, **published)
+
+    def crop_flip(self, size: int, padding: int = 4, flip: bool = True) -> CropFlip:
+        """:class:`CropFlip` with a method's published arguments, adapted."""
+        return CropFlip(size, padding, flip=flip and self.flip)

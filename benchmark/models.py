@@ -43,6 +43,9 @@ BACKBONES: dict[str, Architecture] = {
     "resnet18-imagenet": Architecture((2, 2, 2, 2), 64, stem="imagenet"),  # the paper's STL-10 backbone
     "resnet18-small": Architecture((2, 2, 2, 2), 16),  # ResNet-18 at quarter width (128-d): CPU presets
     "resnet10-tiny": Architecture((1, 1, 1, 1), 8),  # smoke tests (64-d)
+    # the quick preset at the digits' native 8x8: one block per stage, 8 -> 4 -> 2 -> 1 px (128-d)
+    "resnet10-small": Architecture((1, 1, 1, 1), 16),
+    "resnet10-wide": Architecture((1, 1, 1, 1), 32),  # 256-d
 }
 
 # Weight initialisations of a pretraining backbone (a method's ``Params.init``): "default" keeps

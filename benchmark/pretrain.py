@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 import benchmark.ddp as distributed
+from benchmark.augment import ViewAdaptation
 from benchmark.checkpoints import ENCODER
 from benchmark.data import Dataset
 from benchmark.devices import resolve_precision
@@ -51,6 +52,7 @@ class PretrainConfig:
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "fp32" | "bf16"
     compile: bool = False  # torch.compile the encoder and heads (same math, other float rounding)
     extras_keys: dict[str, str] = field(default_factory=dict)  # upstream stage keys (pseudo-labels)
+    augmentation: ViewAdaptation = ViewAdaptation()  # the preset's scaling of the published views
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,8 @@ class PretrainConfig:
             "train_limit": self.train_limit,
             "precision": self.precision,
             **({"compile": True} if self.compile else {}),  # keys of uncompiled runs unchanged
+            # keys of runs with the published augmentations unchanged
+            **({} if self.augmentation == ViewAdaptation() else {"augmentation": asdict(self.augmentation)}),
         }
 
 
@@ -168,6 +172,7 @@ def build_training(
     """Method, model, optimiser and schedule of ``cfg`` on ``data``, set up on ``device`` (seeded)."""
     extras = extras or {}
     method = get_method(cfg.method, dataset=cfg.dataset, **cfg.method_params)
+    method.augmentation = cfg.augmentation  # before setup, which builds the views
     recipe = cfg.recipe
     precision = resolve_precision(cfg.precision, device)
     images = data.pretrain_x[: cfg.train_limit] if cfg.train_limit else data.pretrain_x

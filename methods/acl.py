@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from attacks import contrastive_pgd, eval_mode
-from benchmark.augment import SimCLRViews
 from benchmark.models import ContrastiveModel, MLPHead
 from methods import register_method
 from methods.base import AdversarialParams, Batch, Logs, Method, Recipe
@@ -45,7 +44,7 @@ class ACL(Method):
         return MLPHead([d, d, d, d], bn=True, bn_last=True, branches=self.branches)
 
     def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
-        self.views = SimCLRViews(image_size, scale=(0.1, 1.0), interpolation="bicubic").to(device)
+        self.views = self.simclr_views(image_size, scale=(0.1, 1.0), interpolation="bicubic").to(device)
 
     def contrast(self, z: torch.Tensor, n: int) -> torch.Tensor:
         """NT-Xent on a [2n, D] stack of two views' embeddings (global negatives, in the attack

@@ -62,7 +62,6 @@ from torch import nn
 
 import benchmark.ddp as distributed
 from attacks import contrastive_pgd, eval_mode
-from benchmark.augment import CropFlip, SimCLRViews
 from benchmark.errors import ConfigError, check_choice
 from benchmark.labels import check_pseudo_labels
 from benchmark.models import ContrastiveModel, MLPHead
@@ -197,9 +196,9 @@ class AdvCL(Method):
 
     def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
         p = self.params
-        self.views = SimCLRViews(image_size, scale=(p.crop_scale_min, 1.0)).to(device)
+        self.views = self.simclr_views(image_size, scale=(p.crop_scale_min, 1.0)).to(device)
         padding = image_size // 8 if p.crop_padding is None else p.crop_padding
-        self.weak = CropFlip(image_size, padding).to(device)
+        self.weak = self.crop_flip(image_size, padding).to(device)
         self.radius = 8 * image_size / 32 if p.hfc_radius is None else p.hfc_radius
         if "pseudo_labels" not in extras:
             raise ConfigError(

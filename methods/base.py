@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import benchmark.ddp as distributed
+from benchmark.augment import CropFlip, SimCLRViews, ViewAdaptation
 from benchmark.errors import ConfigError, check_choice, did_you_mean
 from benchmark.models import INITS, BackboneConfig, ContrastiveModel, ResNet, init_backbone
 
@@ -172,6 +173,9 @@ class Method(abc.ABC):
             )
         overrides = {k: _checked_param(self.name, by_name[k], v) for k, v in overrides.items()}
         self.dataset = dataset
+        # the preset's scaling of the published augmentations (identity unless a preset sets it
+        # before setup: benchmark.pretrain does); views are built through simclr_views / crop_flip
+        self.augmentation = ViewAdaptation()
         self.params = self.Params(**{**self.dataset_params.get(dataset or "", {}), **overrides})
 
     # ---- description -------------------------------------------------------------------
@@ -215,6 +219,16 @@ class Method(abc.ABC):
     def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Build augmentation modules etc. before the first step. ``extras`` holds the outputs of
         the :attr:`requires` stages and ``n_images`` (the number of pretraining images)."""
+
+    def simclr_views(self, image_size: int, **published: Any) -> SimCLRViews:
+        """The method's published SimCLR views (``SimCLRViews`` arguments) under the preset's
+        :attr:`augmentation`: every built-in method builds its views here, so a preset adapts
+        all of them alike."""
+        return self.augmentation.simclr_views(image_size, **published)
+
+    def crop_flip(self, image_size: int, padding: int = 4) -> CropFlip:
+        """The published RandomCrop + flip view under the preset's :attr:`augmentation`."""
+        return self.augmentation.crop_flip(image_size, padding)
 
     def on_epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
         """Per-epoch hook; returns values to log (e.g. an adaptive weight)."""

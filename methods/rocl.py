@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from attacks import contrastive_pgd, eval_mode
-from benchmark.augment import SimCLRViews
 from benchmark.errors import ConfigError, check_choice
 from benchmark.models import ContrastiveModel, MLPHead
 from methods import register_method
@@ -78,7 +77,7 @@ class RoCL(Method):
         return MLPHead(projector_dims(feature_dim))
 
     def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
-        self.views = SimCLRViews(image_size, scale=(0.08, 1.0), colour_first=True).to(device)
+        self.views = self.simclr_views(image_size, scale=(0.08, 1.0), colour_first=True).to(device)
 
     def pair_loss(self, z: torch.Tensor) -> torch.Tensor:
         """NT-Xent on z = [x, t2] ([2, B, D]): the attack objective (x the attacked view) and the

@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.augment import SimCLRViews
 from benchmark.models import ContrastiveModel, MLPHead
 from methods import register_method
 from methods.base import Batch, ContrastiveParams, Logs, Method, Recipe
@@ -43,7 +42,7 @@ class SimCLR(Method):
         return MLPHead(projector_dims(feature_dim))
 
     def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
-        self.views = SimCLRViews(image_size, scale=(self.params.crop_scale_min, 1.0)).to(device)
+        self.views = self.simclr_views(image_size, scale=(self.params.crop_scale_min, 1.0)).to(device)
 
     def contrast(self, z: torch.Tensor) -> torch.Tensor:
         """The loss on z = [t1, t2] ([2, B, D]): NT-Xent."""

@@ -275,3 +275,29 @@ def test_cropflip_flip_rate_and_uint8() -> None:
     assert abs(float(flipped.mean()) - 0.5) < 0.03
     kept = CropFlip(size, flip=False)(ramp.expand(256, -1, -1, -1))[:, 0, size // 2].long()
     assert bool((kept[:, 9] - kept[:, 8] == 1).all())
+
+
+# ---- a preset's adaptation of the published views ---------------------------------------------
+
+
+def test_view_adaptation_raises_the_crop_and_drops_flips() -> None:
+    adapt = aug.ViewAdaptation(min_crop_scale=0.5, flip=False)
+    v = adapt.simclr_views(16, scale=(0.08, 1.0), colour_first=True)
+    assert v.scale == (0.5, 1.0) and not v.flip and v.colour_first
+    assert adapt.simclr_views(16, scale=(0.6, 1.0)).scale == (0.6, 1.0)  # never lowers a published bound
+    assert aug.ViewAdaptation(min_crop_scale=0.9).simclr_views(16, scale=(0.08, 0.8)).scale == (0.9, 0.9)
+    assert aug.ViewAdaptation().simclr_views(16, scale=(0.08, 1.0)).scale == (0.08, 1.0)
+    assert aug.ViewAdaptation().simclr_views(16).flip and aug.ViewAdaptation().crop_flip(16, 2).flip
+    assert not adapt.crop_flip(16, 2).flip and adapt.crop_flip(16, 2).padding == 2
+    with pytest.raises(ValueError):
+        aug.ViewAdaptation(min_crop_scale=1.5)
+    # realised views: areas at least the bound, never flipped
+    torch.manual_seed(0)
+    out = adapt.simclr_views(SIZE, p_jitter=0.0, p_gray=0.0)(_coordinate_image(SIZE)[None].expand(512, -1, -1, -1))
+    area, flipped = _crop_stats(out, SIZE)
+    assert float(area.min()) >= 0.5 - 2 / SIZE and not bool(flipped.any())
+    x = torch.rand(64, 3, 8, 8)
+    torch.manual_seed(0)
+    crops = adapt.crop_flip(8, 1)(x)
+    assert all(any(torch.equal(c, torch.nn.functional.pad(xi, (1, 1, 1, 1))[:, t : t + 8, s : s + 8])
+                   for t in range(3) for s in range(3)) for c, xi in zip(crops, x))

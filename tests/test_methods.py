@@ -1,6 +1,7 @@
 """The method contract (abstract base, self-validating parameters, class-level requirements), the
 registry, one training step of every registered method, and a plugin method."""
 
+import dataclasses
 import math
 import re
 import sys
@@ -9,13 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import one_step
+from helpers import CPU, fake_extras, one_step, pretrain_config, random_data, training
 
 import methods
 import methods.rocl
+from benchmark.augment import CropFlip, SimCLRViews, ViewAdaptation
 from benchmark.errors import AcbenchError, ConfigError, UnknownName
 from benchmark.models import BackboneConfig
 from benchmark.optim import LARS, build_optimizer
+from benchmark.pretrain import build_training
 from methods import UnknownMethod, get_method, list_methods, method_class, register_method
 from methods.acl import ACL
 from methods.base import AdversarialParams, ContrastiveParams, Method, Recipe
@@ -332,3 +335,33 @@ def test_readme_add_a_method_example_is_the_plugin():
 def test_plugin_import_error_is_clear():
     with pytest.raises(AcbenchError, match="cannot import plugin module 'no_such_pkg.mod'"):
         methods.load_plugin("no_such_pkg.mod")
+
+
+# ---- the preset's augmentation adaptation -------------------------------------------------------
+
+ADAPTED = ViewAdaptation(min_crop_scale=0.5, flip=False)
+
+
+def _views_of(method: Method) -> list[torch.nn.Module]:
+    return [v for v in vars(method).values() if isinstance(v, (SimCLRViews, CropFlip))]
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_view_adaptation_reaches_every_methods_views_alike(name):
+    """The pretraining loop hands the preset's adaptation to the method before setup; every view
+    module of every method gets the same change (crop at least 0.5 of the area, no flips) and
+    keeps the rest of its published settings."""
+    published = training(name).method
+    cfg = dataclasses.replace(pretrain_config(name), augmentation=ADAPTED)
+    adapted = build_training(cfg, random_data(16), CPU, fake_extras(method_class(name), 16)).method
+    assert published.augmentation == ViewAdaptation() and adapted.augmentation == ADAPTED
+    before, after = _views_of(published), _views_of(adapted)
+    assert any(isinstance(v, SimCLRViews) for v in after) and len(before) == len(after)
+    for p, a in zip(before, after):
+        assert type(p) is type(a) and p.flip and not a.flip
+        if isinstance(a, SimCLRViews):
+            assert p.scale[0] < 0.5 and a.scale == (0.5, p.scale[1])
+            kept = ("size", "ratio", "jitter", "p_jitter", "p_gray", "colour_first", "interpolation", "strength")
+            assert all(getattr(p, k) == getattr(a, k) for k in kept)
+        else:
+            assert (p.size, p.padding) == (a.size, a.padding)

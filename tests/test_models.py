@@ -152,3 +152,15 @@ def test_init_backbone():
     assert all(torch.all(b.weight == 1) and torch.all(b.bias == 0) for b in bns)
     with pytest.raises(UnknownName, match="unknown init 'kaiming_fan_out'"):
         init_backbone(enc, "kaiming_fan_out")
+
+
+@pytest.mark.parametrize(("name", "dim"), [("resnet10-small", 128), ("resnet10-wide", 256)])
+def test_digit_backbones_at_8px(name, dim):
+    """The quick preset's backbones take the digits' native 8x8 (8 -> 4 -> 2 -> 1 px)."""
+    cfg = BackboneConfig(name)
+    assert cfg.feature_dim == dim
+    enc = ResNet(cfg, branches=("normal", "pgd"))
+    assert enc(torch.rand(5, 3, 8, 8), "pgd").shape == (5, dim)
+    assert Classifier(cfg, 10)(torch.rand(4, 3, 8, 8)).shape == (4, 10)
+    quick = get_preset("quick")
+    assert BackboneConfig(quick.backbone).name in BACKBONES and quick.image_size == 8
