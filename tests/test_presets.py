@@ -66,6 +66,9 @@ def test_quick_adapts_the_augmentations_for_every_method_and_records_it():
     assert p.augmentation.min_crop_scale > 0.08
     devs = p.deviations()
     assert any("crop" in d for d in devs) and any("flip" in d for d in devs) and any("eps" in d for d in devs)
+    for scheme in ("slf", "alf", "aff"):  # the finetuning augmentation drops flips too
+        ft = p.finetune_config(scheme, p.dataset)
+        assert not ft.flip and ft.to_dict()["flip"] is False
     for name in list_methods():
         cfg = PretrainStage(RunOptions(progress=False), name, {}, p, p.dataset, 0).pretrain_config()
         assert cfg.augmentation == p.augmentation
@@ -78,6 +81,8 @@ def test_published_augmentations_leave_pretraining_keys_unchanged():
         assert p.augmentation == ViewAdaptation() and p.eps is None and p.deviations() == []
         cfg = PretrainStage(RunOptions(progress=False), "acl", {}, p, p.dataset, 0).pretrain_config()
         assert "augmentation" not in cfg.to_dict()
+        ft = p.finetune_config("alf", p.dataset)
+        assert ft.flip and "flip" not in ft.to_dict()  # finetuning keys unchanged
         assert cfg.method_params["eps"] == get_method("acl").params.eps  # the published radius
         assert p.method_params("acl", p.dataset, {"temperature": 0.2}) == {"temperature": 0.2}
 

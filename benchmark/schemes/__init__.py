@@ -152,6 +152,7 @@ class FinetuneConfig:
     crop_padding: int = 4
     branch: str = ""
     dual_bn: bool = False
+    flip: bool = True  # the finetuning augmentation's horizontal flip (a preset may drop it)
 
     def __post_init__(self) -> None:
         cls = SCHEMES.get(self.scheme)  # UnknownName (did you mean ...) for an unregistered scheme
@@ -166,4 +167,7 @@ class FinetuneConfig:
             raise ConfigError("eps and attack step must be in (0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.flip:  # the published augmentation: keys of existing runs unchanged
+            del d["flip"]
+        return d
