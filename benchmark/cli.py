@@ -228,6 +228,11 @@ def suite(suite_file, preset, methods, datasets, seeds, schemes, attacks, select
     cli = {"preset": preset, "methods": methods, "datasets": datasets, "schemes": schemes, "attacks": attacks,
            "selection": selection, "protocol": protocol, "finetune_dataset": finetune_dataset, "executor": executor,
            "jobs": jobs, "seeds": seeds}
+    if seeds is not None:
+        try:
+            cli["seeds"] = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     fields.update({k: v for k, v in cli.items() if v is not None})
     slurm = dict(fields.get("slurm", {}))
     for k, v in (("partition", partition), ("time_min", time_min), ("gpus_per_job", gpus_per_job),

@@ -19,7 +19,7 @@ PACKAGES = ("benchmark", "methods", "attacks")
 
 LAYERS: dict[str, tuple[str, ...]] = {
     "blocks": (
-        "benchmark", "benchmark.errors", "benchmark.registry", "benchmark.io", "benchmark.data",
+        "benchmark", "benchmark.errors", "benchmark.registry", "benchmark.io", "benchmark.data", "benchmark.data_files",
         "benchmark.augment", "benchmark.models", "benchmark.optim", "benchmark.ddp",
         "benchmark.checkpoints", "benchmark.devices", "benchmark.labels", "benchmark.released", "methods.losses",
         "attacks*",

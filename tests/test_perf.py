@@ -157,7 +157,7 @@ def test_perf_report_shape():
     _check_report(r, "rocl", 3)
     assert r["attack_steps"] == 7 and r["batch_size"] == B and r["precision"] == "fp32"
     assert r["passes_per_image"] == _formula("rocl", 7)
-    assert r["forward_equivalents_per_image"] == pytest.approx(24, rel=0.03)
+    assert r["forward_equivalents_per_image"] == pytest.approx(30, rel=0.03)  # 2K + 16 at K = 7
     json.loads(reports_json([r]))  # JSON-serialisable as is
 
 
