@@ -25,9 +25,8 @@ from attacks import get_attack
 from benchmark import load_classifier
 from benchmark.cli import main
 from benchmark.config import EPS, PRESETS
-from benchmark.stage import RunOptions, dataset_for
+from benchmark.stage import RunOptions, dataset_for, run_once
 from benchmark.stages import FinetuneStage, PretrainStage
-from benchmark.stage import run_once
 
 ROOT = Path(__file__).parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -27,12 +27,12 @@ from click.testing import CliRunner
 import methods
 from attacks import AttackInputError, get_attack
 from benchmark import load_classifier
+from benchmark.checkpoints import ENCODER, load_encoder
 from benchmark.cli import main
 from benchmark.config import PRESETS
 from benchmark.io import FORMAT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
 from benchmark.leaderboard import load_records
 from benchmark.models import BackboneConfig, CheckpointMismatch, Classifier
-from benchmark.checkpoints import ENCODER, load_encoder
 from benchmark.pipeline import Target, run_pretrain_stage
 from benchmark.pretrain import LAST, NonFiniteLoss
 from benchmark.stage import RunOptions
