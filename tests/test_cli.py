@@ -99,6 +99,7 @@ def test_methods_json_has_paper_recipes():
 # ---- run: records, checkpoint, re-run ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_writes_three_records_with_the_protocol_schema(smoke_run):
     results, printed = smoke_run
     assert sorted(r["scheme"] for r in printed) == ["aff", "alf", "slf"]
@@ -129,6 +130,7 @@ def test_run_writes_three_records_with_the_protocol_schema(smoke_run):
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", rec["created"])
 
 
+@pytest.mark.slow
 def test_record_checkpoint_opens_with_load_classifier(smoke_run, smoke_data):
     results, printed = smoke_run
     n = PRESETS["smoke"].eval.n_test
@@ -146,6 +148,7 @@ def test_record_checkpoint_opens_with_load_classifier(smoke_run, smoke_data):
         assert acc == rec["metrics"]["clean"]
 
 
+@pytest.mark.slow
 def test_rerun_is_a_noop_with_identical_metrics(smoke_run):
     results, printed = smoke_run
     before = stage_files(results)
@@ -157,6 +160,7 @@ def test_rerun_is_a_noop_with_identical_metrics(smoke_run):
     assert [r["stages"] for r in again] == [r["stages"] for r in printed]
 
 
+@pytest.mark.slow
 def test_leaderboard_renders_the_method(smoke_run):
     results, _ = smoke_run
     md = invoke("leaderboard", "--results", results).stdout
@@ -171,6 +175,7 @@ def test_leaderboard_renders_the_method(smoke_run):
 # ---- the stage commands one by one ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pretrain_finetune_evaluate_commands(tmp_path):
     results = tmp_path / "results"
     info = json.loads(invoke("pretrain", "--method", "simclr", *SMOKE, "--json", "--results", results).stdout)
@@ -235,6 +240,7 @@ def test_plugin_method_runs_in_process(tmp_path, monkeypatch):
 # ---- AutoAttack through acbench == pyautoattack called directly ----------------------------------
 
 
+@pytest.mark.slow
 def test_autoattack_equals_pyautoattack(smoke_run, smoke_data):
     """``get_attack("autoattack", seed=0)`` == ``pyautoattack.AutoAttack(..., version="standard", seed=0)``
     on the first n test images of a smoke classifier, loaded with ``load_classifier``.

@@ -31,6 +31,8 @@ from methods import get_method
 from methods.advcl import CLUSTERS
 from methods.base import Recipe
 
+pytestmark = pytest.mark.slow  # end-to-end: processes, whole stages
+
 WORLD = 2
 BATCH = 8  # global batch: 4 images per process
 E2E_METHODS = ("acl", "rocl", "simclr", "advcl", "advcl-ip", "rocl-hn")

@@ -15,6 +15,8 @@ from click.testing import CliRunner
 from benchmark.cli import main
 from benchmark.io import load_checkpoint
 
+pytestmark = pytest.mark.slow  # end-to-end: processes, whole stages
+
 ROOT = Path(__file__).parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
