@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from attacks import check_attack_spec
 from benchmark.checkpoints import CLASSIFIER
 from benchmark.config import Preset, get_preset, recipe_deviations
 from benchmark.errors import ConfigError
@@ -58,7 +59,8 @@ class Target:
         if check_protocol(self.protocol) == ROBUSTSSL:
             robustssl_family(self.method)  # a method without RobustSSL settings fails before anything runs
         # clean accuracy is always reported, first
-        object.__setattr__(self, "attacks", tuple(dict.fromkeys(("clean", *self.attacks))))
+        attacks = (check_attack_spec(a) for a in ("clean", *self.attacks))  # canonical names: one key each
+        object.__setattr__(self, "attacks", tuple(dict.fromkeys(attacks)))
 
     def pretrain(self, opts: RunOptions) -> PretrainStage | ImportStage:
         if self.pretrained:
