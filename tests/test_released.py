@@ -181,7 +181,7 @@ CASES = {
 
 
 def fixture(case: str) -> dict:
-    return torch.load(FIXTURES / f"{case}.pt", weights_only=True)
+    return torch.load(FIXTURES / f"{case}.outputs", weights_only=True)
 
 
 def import_release(tmp_path: Path, case: str, sd: dict | None = None, projector: bool = True):
