@@ -110,12 +110,13 @@ def _random_data(dataset: str, image_size: int, n: int, seed: int) -> Dataset:
                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
-def _stand_in_inputs(method: Method, n: int, seed: int) -> dict[str, Any]:
-    """Random stand-ins for the method's upstream stage outputs (timing ignores their values)."""
+def stand_in_inputs(method: type[Method] | Method, n: int, seed: int = 0) -> dict[str, Any]:
+    """Random stand-ins for the method's upstream stage outputs on ``n`` images (random
+    pseudo-labels): timing ignores their values, and tests set up a step with them."""
     extras: dict[str, Any] = {}
     for need in method.requires:
         if need != "pseudo_labels":
-            raise ConfigError(f"perf cannot stand in for the upstream stage {need!r} of {method.name!r}")
+            raise ConfigError(f"no stand-in for the upstream stage {need!r} of {method.name!r}")
         g = torch.Generator().manual_seed(seed)
         extras["pseudo_labels"] = {f"k{h}": torch.randint(0, h, (n,), generator=g) for h in CLUSTERS}
     return extras
@@ -167,7 +168,7 @@ class PerfBench:
         )
         self.preset, self.backbone, self.compiled = preset, cfg.backbone, compile
         self.precision = resolve_precision(precision, self.device)
-        self.tr: Training = build_training(cfg, data, self.device, _stand_in_inputs(m, n, seed))
+        self.tr: Training = build_training(cfg, data, self.device, stand_in_inputs(m, n, seed))
         self.model, self.method = self.tr.model, self.tr.method
         self.model.train()
         self.method.on_epoch_start(1, self.tr.epochs)

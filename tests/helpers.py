@@ -16,9 +16,9 @@ import torch
 from benchmark.config import get_preset
 from benchmark.data import Dataset
 from benchmark.models import ContrastiveModel
+from benchmark.perf import stand_in_inputs
 from benchmark.pretrain import PretrainConfig, Training, build_training
 from methods import get_method, method_class
-from methods.advcl import CLUSTERS
 from methods.base import Batch, Logs, Method
 
 CPU = torch.device("cpu")
@@ -33,15 +33,7 @@ def random_data(n: int, image_size: int = 16, seed: int = 0, name: str = "digits
                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
-def fake_extras(method: type[Method] | Method, n: int, seed: int = 0) -> dict[str, Any]:
-    """Stand-ins for the outputs of ``method.requires`` on ``n`` images: random pseudo-labels."""
-    extras: dict[str, Any] = {}
-    for need in method.requires:
-        if need != "pseudo_labels":
-            raise ValueError(f"no stand-in for the upstream stage {need!r}")
-        g = torch.Generator().manual_seed(seed)
-        extras["pseudo_labels"] = {f"k{h}": torch.randint(0, h, (n,), generator=g) for h in CLUSTERS}
-    return extras
+fake_extras = stand_in_inputs  # random pseudo-labels for methods that need them
 
 
 def pretrain_config(
