@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from benchmark.config import get_preset
-from benchmark.data import Dataset
-from benchmark.models import ContrastiveModel
+from benchmark.data import Dataset, load_dataset
+from benchmark.models import BackboneConfig, Classifier, ContrastiveModel
 from benchmark.perf import stand_in_inputs
 from benchmark.pretrain import PretrainConfig, Training, build_training
 from methods import get_method, method_class
@@ -91,3 +91,29 @@ def adaptive_lam_reference(d_t: float, d_bar: float, d_min: float, lam0: float) 
     if d_bar <= d_min:  # d_t == d_bar == d_min: the interpolation's d_bar end
         return lam0
     return lam0 + (d_bar - d_t) / (d_bar - d_min) * (0.5 - lam0)
+
+
+def trained_classifier(image_size: int, epochs: int, n_test: int, fc_std: float | None = None):
+    """A small ResNet trained normally (Adam) on digits at ``image_size``: accurate, not robust.
+    Returns (model in eval mode, the first ``n_test`` test images in [0, 1], their labels)."""
+    torch.manual_seed(0)
+    data = load_dataset("digits", image_size=image_size)
+    model = Classifier(BackboneConfig("resnet10-tiny", 3, data.mean, data.std), 10)
+    if fc_std is not None:
+        torch.nn.init.normal_(model.fc.weight, std=fc_std)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    x, y = data.train_x.float() / 255, data.train_y
+    for _ in range(epochs):
+        for i in range(0, len(x), 64):
+            loss = torch.nn.functional.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model, data.test_x[:n_test].float() / 255, data.test_y[:n_test]
+
+
+def accuracy(model, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Percent of ``x`` that ``model`` classifies as ``y``."""
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item() * 100

@@ -8,7 +8,6 @@ import textwrap
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from attacks import (
     ATTACKS,
@@ -22,10 +21,9 @@ from attacks import (
 from attacks.zoo import torchattacks_classes
 from benchmark import evaluate
 from benchmark.config import EvalConfig
-from benchmark.data import load_dataset
 from benchmark.errors import AcbenchError, ConfigError, UnknownName
 from benchmark.evaluate import evaluate_classifier
-from benchmark.models import BackboneConfig, Classifier
+from tests.helpers import accuracy, trained_classifier
 
 torchattacks = pytest.importorskip("torchattacks")
 EPS = 8 / 255
@@ -34,24 +32,10 @@ EPS = 8 / 255
 @pytest.fixture(scope="module")
 def tiny():
     """A small ResNet trained normally on 16x16 digits: accurate, not robust."""
-    torch.manual_seed(0)
-    data = load_dataset("digits", image_size=16)
-    model = Classifier(BackboneConfig("resnet10-tiny", 3, data.mean, data.std), 10)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = data.train_x.float() / 255, data.train_y
-    for _ in range(4):
-        for i in range(0, len(x), 64):
-            loss = F.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    return model, data.test_x[:64].float() / 255, data.test_y[:64]
+    return trained_classifier(16, 4, 64)
 
 
-def acc(model, x, y):
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item() * 100
+acc = accuracy
 
 
 def percent(model, x, y, bs):

@@ -14,9 +14,8 @@ from attacks import (
     get_attack,
 )
 from benchmark.config import EvalConfig
-from benchmark.data import load_dataset
 from benchmark.errors import ConfigError, UnknownName
-from benchmark.models import BackboneConfig, Classifier
+from tests.helpers import accuracy, trained_classifier
 
 EPS = 8 / 255
 
@@ -24,25 +23,10 @@ EPS = 8 / 255
 @pytest.fixture(scope="module")
 def undefended():
     """A small ResNet trained normally on 32x32 digits: accurate, not robust."""
-    torch.manual_seed(0)
-    data = load_dataset("digits", image_size=32)
-    model = Classifier(BackboneConfig("resnet10-tiny", 3, data.mean, data.std), 10)
-    nn.init.normal_(model.fc.weight, std=0.01)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    x, y = data.train_x.float() / 255, data.train_y
-    for _ in range(8):
-        for i in range(0, len(x), 64):
-            loss = F.cross_entropy(model(x[i : i + 64]), y[i : i + 64])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    return model, data.test_x[:200].float() / 255, data.test_y[:200]
+    return trained_classifier(32, 8, 200, fc_std=0.01)
 
 
-def acc(model, x, y):
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item() * 100
+acc = accuracy
 
 
 def test_pgd_breaks_undefended_model(undefended):
