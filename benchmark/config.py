@@ -85,9 +85,9 @@ class Preset:
                         method: str = "", finetune_dataset: str | None = None) -> FinetuneConfig:
         """The finetuning recipe of ``scheme`` under ``protocol``, scaled by this preset's overrides
         (and attacking at the preset's ``eps`` when it has one)."""
-        # the view adaptation's ``flip`` does not reach finetuning yet: benchmark.finetune builds its
-        # CropFlip without FinetuneConfig.flip (until it does, finetuning flips as published)
-        overrides = {**({"eps": self.eps} if self.eps is not None else {}), **self.finetune.get(scheme, {})}
+        # the view adaptation's ``flip`` applies to finetuning's crop-and-flip too
+        overrides = {**({"eps": self.eps} if self.eps is not None else {}),
+                     **({} if self.augmentation.flip else {"flip": False}), **self.finetune.get(scheme, {})}
         return protocol_finetune_config(protocol, method, scheme, dataset, finetune_dataset or dataset,
                                         selection=selection, overrides=overrides)
 
@@ -112,7 +112,7 @@ class Preset:
         if aug.min_crop_scale > 0:
             out.append(f"augmentation: random-resized-crop scale at least {aug.min_crop_scale:g} (published 0.08-0.2)")
         if not aug.flip:
-            out.append("augmentation: no horizontal flips in the pretraining views (published: p 0.5)")
+            out.append("augmentation: no horizontal flips in the pretraining views nor in finetuning (published: p 0.5)")
         if self.eps is not None:
             out.append(f"eps {self.eps:.6g} for evaluation, finetuning and pretraining attacks "
                        "(pretraining attack step scaled with it)")

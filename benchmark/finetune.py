@@ -27,6 +27,7 @@ from attacks import get_attack
 from benchmark.augment import CropFlip
 from benchmark.checkpoints import CLASSIFIER, load_classifier, load_encoder  # noqa: F401  (re-exported)
 from benchmark.data import Dataset
+from benchmark.devices import to_layout
 from benchmark.io import CheckpointError, save_checkpoint
 from benchmark.models import CheckpointMismatch
 from benchmark.schemes import FinetuneConfig, get_scheme
@@ -62,8 +63,7 @@ def run_finetune(
         model = scheme.build_model(encoder, branch, data.num_classes, cfg).to(device)
     except CheckpointMismatch as e:
         raise CheckpointError(f"{encoder_path}: {e}") from None
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = to_layout(model, device)
 
     if scheme.trains_encoder:
         params = list(model.parameters())
@@ -77,7 +77,7 @@ def run_finetune(
     x_train = data.train_x[:train_limit] if train_limit else data.train_x
     y_train = (data.train_y[:train_limit] if train_limit else data.train_y).to(device)
     x_train = x_train.to(device)
-    augment = CropFlip(data.image_size, padding=cfg.crop_padding).to(device)
+    augment = CropFlip(data.image_size, padding=cfg.crop_padding, flip=cfg.flip).to(device)
     n = x_train.shape[0]
     bs = min(cfg.batch_size, n)
     steps = max(n // bs, 1)

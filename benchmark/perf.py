@@ -54,7 +54,7 @@ from tabulate import tabulate
 
 from benchmark.config import PRESETS
 from benchmark.data import Dataset
-from benchmark.devices import resolve_device, resolve_precision
+from benchmark.devices import resolve_device, resolve_precision, uses_channels_last
 from benchmark.errors import AcbenchError, ConfigError, check_choice
 from benchmark.models import BACKBONES
 from benchmark.perf_measure import (
@@ -314,7 +314,7 @@ def perf_report(
         "peak_memory_mb": round(memory, 1),
         "peak_memory_kind": memory_kind,
         "device": _device_name(dev),
-        "channels_last": dev.type == "cuda",
+        "channels_last": uses_channels_last(dev),
         "preset": preset,
         "backbone": bench.backbone,
         "batch_size": bench.batch_size,

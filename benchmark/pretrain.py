@@ -24,7 +24,7 @@ import benchmark.ddp as distributed
 from benchmark.augment import ViewAdaptation
 from benchmark.checkpoints import ENCODER
 from benchmark.data import Dataset
-from benchmark.devices import resolve_precision
+from benchmark.devices import resolve_precision, to_layout, uses_channels_last
 from benchmark.errors import AcbenchError, ConfigError
 from benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
 from benchmark.models import BackboneConfig, ContrastiveModel
@@ -73,7 +73,7 @@ class PretrainConfig:
 
 def training_options(cfg: PretrainConfig, device: torch.device) -> dict[str, Any]:
     """How the pretraining ran, beyond its precision (stored in every record)."""
-    return {"compile": cfg.compile, "channels_last": device.type == "cuda"}
+    return {"compile": cfg.compile, "channels_last": uses_channels_last(device)}
 
 
 def compile_model(model: ContrastiveModel, backend: str = "inductor") -> None:
@@ -184,8 +184,7 @@ def build_training(
     torch.manual_seed(cfg.seed)
     backbone = BackboneConfig(cfg.backbone, data.channels, data.mean, data.std)
     model = method.build_model(backbone).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = to_layout(model, device)
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1:  # torchrun: SyncBN on every BN branch, identical replicas
         if batch_size % world:

@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmark.checkpoints import CLASSIFIER, ENCODER, load_classifier, load_encoder
 from benchmark.config import Preset
-from benchmark.devices import resolve_precision
+from benchmark.devices import resolve_precision, to_layout
 from benchmark.errors import ConfigError
 from benchmark.evaluate import evaluate_classifier
 from benchmark.finetune import run_finetune
@@ -164,7 +164,7 @@ class EvaluateStage(Stage):
         data = self.finetune.data(opts)
         device = opts.torch_device()
         n = ev.n_test or len(data.test_x)
-        model = load_classifier(run.upstream_dir("finetune") / CLASSIFIER, device)
+        model = to_layout(load_classifier(run.upstream_dir("finetune") / CLASSIFIER, device), device)
         x = data.test_x[:n].to(device).float() / 255
         y = data.test_y[:n].to(device)
         result = evaluate_classifier(model, x, y, list(self.attacks), ev, progress=opts.progress)

@@ -21,7 +21,8 @@ from typing import Any
 from benchmark.io import atomic_write_json
 
 # Bump when a change alters what a stage produces: old results then stop matching.
-CODE_VERSION = "acbench-stages/2"  # 2: released forms as defaults, resolved method parameters in the key
+CODE_VERSION = "acbench-stages/3"  # 2: released forms as defaults, resolved method parameters in the key;
+# 3: CPU stages in the channels-last layout (float rounding differs)
 DONE = "done.json"
 FAILED = "error.json"
 

@@ -206,3 +206,22 @@ def test_load_classifier_rejects_other_checkpoints(tmp_path, encoder_path):
     with pytest.raises(CheckpointError, match="holds a 'encoder' checkpoint, expected 'classifier'"):
         load_classifier(encoder_path)
     assert BackboneConfig("resnet10-tiny").feature_dim == 64
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_finetuning_augmentation_follows_the_config(tmp_path, encoder_path, monkeypatch, flip):
+    import benchmark.finetune as finetune
+    from benchmark.augment import CropFlip
+
+    built = []
+
+    class Recording(CropFlip):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append((self.padding, self.flip))
+
+    monkeypatch.setattr(finetune, "CropFlip", Recording)
+    cfg = dataclasses.replace(PRESETS["smoke"].finetune_config("slf", "digits"), epochs=1, flip=flip, crop_padding=1)
+    run_finetune(encoder_path, cfg, load_dataset("digits"), tmp_path, torch.device("cpu"), seed=0, train_limit=64,
+                 progress=False)
+    assert built == [(1, flip)]

@@ -164,3 +164,17 @@ def test_digit_backbones_at_8px(name, dim):
     assert Classifier(cfg, 10)(torch.rand(4, 3, 8, 8)).shape == (4, 10)
     quick = get_preset("quick")
     assert BackboneConfig(quick.backbone).name in BACKBONES and quick.image_size == 8
+
+
+def test_cpu_and_cuda_stages_run_channels_last_with_the_same_function():
+    from benchmark.devices import to_layout, uses_channels_last
+
+    assert uses_channels_last(torch.device("cpu")) and uses_channels_last(torch.device("cuda"))
+    assert not uses_channels_last(torch.device("meta"))
+    torch.manual_seed(0)
+    model = Classifier(BackboneConfig("resnet10-tiny"), 10).eval()
+    x = torch.rand(16, 3, 16, 16)
+    ref = model(x)
+    fast = to_layout(model, torch.device("cpu"))
+    assert fast.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast(x), ref, rtol=1e-5, atol=1e-5)  # same function, other summation order

@@ -66,9 +66,9 @@ def test_quick_adapts_the_augmentations_for_every_method_and_records_it():
     assert p.augmentation.min_crop_scale > 0.08
     devs = p.deviations()
     assert any("crop" in d for d in devs) and any("flip" in d for d in devs) and any("eps" in d for d in devs)
-    for scheme in ("slf", "alf", "aff"):  # finetuning flips as published until benchmark.finetune reads flip
+    for scheme in ("slf", "alf", "aff"):  # no flips in finetuning either, and it is in the finetune key
         ft = p.finetune_config(scheme, p.dataset)
-        assert ft.flip and "flip" not in ft.to_dict() and ft.crop_padding == 0
+        assert not ft.flip and ft.to_dict()["flip"] is False and ft.crop_padding == 0
     assert dataclasses.replace(p.finetune_config("slf", p.dataset), flip=False).to_dict()["flip"] is False
     for name in list_methods():
         cfg = PretrainStage(RunOptions(progress=False), name, {}, p, p.dataset, 0).pretrain_config()
