@@ -29,7 +29,7 @@ from methods import get_method
 # upstream stages a method may require (``Method.requires``): name -> factory(pretrain stage) -> Stage.
 # Each factory's module registers itself; the built-in ones are listed here.
 UPSTREAM: Registry[Callable[[PretrainStage], Stage]] = Registry(
-    "upstream stage", builtins=("benchmark.pseudolabels",), entry_points="acbench.stages"
+    "upstream stage", builtins=("benchmark.pseudolabels", "benchmark.teacher"), entry_points="acbench.stages"
 )
 
 

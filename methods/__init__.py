@@ -39,7 +39,7 @@ def _check_method(cls: Any) -> None:
 
 METHODS: Registry[type[Method]] = Registry(
     "method",
-    builtins=("methods.simclr", "methods.acl", "methods.rocl", "methods.advcl"),
+    builtins=("methods.simclr", "methods.acl", "methods.rocl", "methods.advcl", "methods.deacl"),
     entry_points="acbench.methods",
     check=_check_method,
 )

@@ -29,6 +29,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "benchmark.config", "benchmark.schemes*", "benchmark.finetune", "benchmark.evaluate",
         "benchmark.pretrain", "benchmark.store", "benchmark.stage", "benchmark.stages", "benchmark.records",
         "benchmark.pipeline", "benchmark.pseudolabels", "benchmark.protocols", "benchmark.imports",
+        "benchmark.teacher",
     ),
     "runners": ("benchmark.suite", "benchmark.distributed"),
     "reports": ("benchmark.leaderboard", "benchmark.leaderboard_types", "benchmark.leaderboard_reported",
