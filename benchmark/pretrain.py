@@ -28,7 +28,7 @@ from benchmark.devices import resolve_precision, to_layout, uses_channels_last
 from benchmark.errors import AcbenchError, ConfigError
 from benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
 from benchmark.models import BackboneConfig, ContrastiveModel
-from benchmark.optim import build_optimizer, warmup_cosine_lambda
+from benchmark.optim import build_optimizer
 from methods import get_method
 from methods.base import Batch, Method, Recipe
 
@@ -197,10 +197,7 @@ def build_training(
         model.parameters(), recipe.optimizer, lr=recipe.lr, momentum=recipe.momentum,
         weight_decay=recipe.weight_decay, **dict(recipe.optimizer_options),
     )
-    schedule = warmup_cosine_lambda(
-        total_steps, round(recipe.warmup_epochs * steps_per_epoch), recipe.min_lr_ratio,
-        start_ratio=recipe.warmup_start,
-    )
+    schedule = method.lr_lambda(recipe, steps_per_epoch, total_steps)  # per iteration
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     images = images.to(device)
     method.setup(data.image_size, device, {**extras, "n_images": n})  # n: to check per-image inputs
@@ -309,7 +306,7 @@ def run_pretrain(
             {"method": cfg.method, "method_params": method.describe()["params"],
              "backbone": model.encoder.config.to_dict(), "branches": list(method.branches),
              "finetune_branch": method.finetune_branch, "config": cfg.to_dict(),
-             "state_dict": model.state_dict()},
+             "state_dict": method.export_state_dict(model)},
         )
         atomic_write_json(out_dir / "history.json", history)
     return {"seconds": elapsed, "final_loss": final_loss, "epochs": recipe.epochs,

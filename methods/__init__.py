@@ -39,7 +39,8 @@ def _check_method(cls: Any) -> None:
 
 METHODS: Registry[type[Method]] = Registry(
     "method",
-    builtins=("methods.simclr", "methods.acl", "methods.rocl", "methods.advcl", "methods.deacl"),
+    builtins=("methods.simclr", "methods.acl", "methods.rocl", "methods.advcl", "methods.deacl",
+              "methods.dynacl", "methods.air"),
     entry_points="acbench.methods",
     check=_check_method,
 )

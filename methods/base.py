@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ import benchmark.ddp as distributed
 from benchmark.augment import CropFlip, SimCLRViews, ViewAdaptation
 from benchmark.errors import ConfigError, check_choice, did_you_mean
 from benchmark.models import INITS, BackboneConfig, ContrastiveModel, ResNet, init_backbone
+from benchmark.optim import warmup_cosine_lambda
 
 OPTIMIZERS = ("sgd", "lars", "adam")
 Logs = dict[str, torch.Tensor | float]  # a step's logs: 0-d tensors (no host sync) or plain numbers
@@ -229,6 +231,23 @@ class Method(abc.ABC):
     def crop_flip(self, image_size: int, padding: int = 4) -> CropFlip:
         """The published RandomCrop + flip view under the preset's :attr:`augmentation`."""
         return self.augmentation.crop_flip(image_size, padding)
+
+    def lr_lambda(self, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
+        """The learning-rate factor of the loop's step ``i`` (0-based; the update of step ``i``
+        runs at ``recipe.lr * lr_lambda(i)``), for :class:`torch.optim.lr_scheduler.LambdaLR`
+        stepped once per iteration. Default: :func:`benchmark.optim.warmup_cosine_lambda`, per
+        iteration (ACL's schedule). A method whose release steps its schedule otherwise (per
+        epoch, or before the update) overrides this."""
+        return warmup_cosine_lambda(
+            total_steps, round(recipe.warmup_epochs * steps_per_epoch), recipe.min_lr_ratio,
+            start_ratio=recipe.warmup_start,
+        )
+
+    def export_state_dict(self, model: ContrastiveModel) -> dict[str, torch.Tensor]:
+        """The state written to the pretraining stage's ``encoder.pt``: its ``encoder.*`` tensors are
+        the encoder that finetuning loads. Default: the trained model's whole state. A method that
+        finetunes another copy (DynACL's momentum encoder) returns that copy under ``encoder.``."""
+        return model.state_dict()
 
     def on_epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
         """Per-epoch hook; returns values to log (e.g. an adaptive weight)."""
