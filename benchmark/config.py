@@ -5,7 +5,7 @@ A preset fixes the data, the backbone, and how each stage is scaled:
 | preset | data | backbone | pretraining | where |
 |---|---|---|---|---|
 | ``smoke`` | digits (16x16, 128-image subset) | resnet10-tiny | 1 epoch | tests, seconds per stage |
-| ``quick`` | digits (native 8x8) | resnet10-small | 20 epochs, CPU recipe (``QUICK_RECIPE``), eps 2/16, adapted views, all 360 test images | the README's main command, 2 CPU cores |
+| ``quick`` | digits (native 8x8) | resnet10-tiny | 20 epochs, CPU recipe (``QUICK_RECIPE``), eps 2/16, adapted views, all 360 test images | the README's main command, 2 CPU cores |
 | ``paper`` | CIFAR-10/100, STL-10 | resnet18 (STL-10: resnet18-imagenet) | each method's published recipe | GPU |
 
 Every record stores its preset; leaderboards never mix presets.
@@ -144,7 +144,7 @@ PRESETS: dict[str, Preset] = {
         description="seconds per stage, for tests",
     ),
     "quick": Preset(
-        name="quick", dataset="digits", image_size=8, backbone="resnet10-small",
+        name="quick", dataset="digits", image_size=8, backbone="resnet10-tiny",
         pretrain_epochs=QUICK_EPOCHS, pretrain_batch_size=128, recipe_override=QUICK_RECIPE,
         augmentation=ViewAdaptation(min_crop_scale=0.3, flip=False), eps=QUICK_EPS,
         finetune={  # no RandomCrop shift: 1 px of 8 costs the linear probe 5 points (validation)
