@@ -122,7 +122,8 @@ def build_teacher(teacher: dict[str, Any], backbone: BackboneConfig, device: tor
 
 def stand_in_teacher(backbone: BackboneConfig, seed: int = 0) -> dict[str, Any]:
     """A randomly initialised teacher of ``backbone``'s shape, for timing and unit tests (the
-    shape of the ``teacher`` stage's output)."""
+    shape of the ``teacher`` stage's output). ``extras["teacher"]`` may also be this function with
+    its ``seed`` bound (``functools.partial``): setup calls it with the student's backbone."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         encoder = ResNet(backbone, branches=None)
@@ -244,7 +245,10 @@ class DeACL(Method):
         student = getattr(self, "_student", None)
         if student is None:
             raise ConfigError(f"{self.name}: build_model must run before setup (the student starts from the teacher)")
-        self.teacher = build_teacher(extras["teacher"], student.encoder.config, device)
+        teacher = extras["teacher"]
+        if callable(teacher):  # a stand-in made for the student's shape (stand_in_teacher, partially applied)
+            teacher = teacher(student.encoder.config)
+        self.teacher = build_teacher(teacher, student.encoder.config, device)
         if p.student_init == "teacher":
             state = branch_keys(self.teacher.state_dict(), "normal")
             load_strict(student.encoder, state, "the teacher's weights in the student")

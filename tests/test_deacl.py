@@ -6,6 +6,7 @@ that trains the teacher and then DeACL."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -213,6 +214,20 @@ def test_student_init_scratch_and_the_views():
     assert torch.equal(tr.method.teacher.conv1.weight, teacher["state_dict"]["conv1.weight"])
     assert tr.method.weak.padding == 16 // 8 and tr.method.weak.flip  # RandomCrop(pad size/8) + flip
     assert _training(crop_padding=1)[0].method.weak.padding == 1
+
+
+def test_a_step_never_reads_a_device_value():
+    """As tests/test_fastpath.py checks for the other methods: a whole step runs on the meta
+    device, where any host sync raises; the teacher arrives as a stand-in made for the student."""
+    meta = torch.device("meta")
+    cfg = pretrain_config("deacl")
+    tr = build_training(cfg, random_data(16), meta, {"teacher": functools.partial(stand_in_teacher, seed=1)})
+    assert tr.method.teacher.conv1.weight.device.type == "meta"
+    tr.model.train()
+    log = EpochLog(1, meta)
+    tr.step(torch.arange(8, device=meta), 1, 0, log)
+    assert log.losses.device.type == "meta"
+    assert all(p.grad is not None for p in tr.model.encoder.parameters())
 
 
 def test_deacl_needs_its_teacher():
