@@ -46,7 +46,7 @@ def _check_factory(obj: Any) -> None:
 
 ATTACKS: Registry[Callable[..., Attack]] = Registry(
     "attack",
-    builtins=("attacks.clean", "attacks.pgd", "attacks.autoattack", "attacks.zoo"),
+    builtins=("attacks.clean", "attacks.pgd", "attacks.autoattack", "attacks.zoo", "attacks.corruption"),
     entry_points="acbench.attacks",
     check=_check_factory,
 )

@@ -4,6 +4,8 @@ Attacks come from :func:`attacks.get_attack` with the options their registry ent
 :class:`EvalConfig` (eps, seed, batch size), so a record's number is exactly what that callable
 gives on ``load_classifier(checkpoint)``, and the settings it ran with are recorded beside it.
 Invariant autoattack <= pgd20 <= clean is checked and a violation is flagged, never hidden.
+A metric such as ``corruption`` (registered with ``metric=True``) is measured on the
+corrupted sets handed in, not by attacking ``x``.
 """
 
 from __future__ import annotations
@@ -15,8 +17,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from attacks import attack_settings, check_attack_spec, eval_options, get_attack
+from attacks import (
+    ATTACKS,
+    attack_settings,
+    check_attack_spec,
+    eval_options,
+    get_attack,
+    parse_spec,
+)
 from benchmark.config import EvalConfig
+from benchmark.corruptions import CorruptedSets
+from benchmark.errors import ConfigError
 from benchmark.records import ATTACK_WARNING, Flag, invariant_flags
 
 
@@ -45,12 +56,15 @@ def evaluate_classifier(
     attacks: list[str],
     cfg: EvalConfig,
     progress: bool = True,
+    corrupted: CorruptedSets | None = None,
 ) -> dict[str, Any]:
     """Accuracy (percent) under each attack spec on float images ``x`` in [0, 1].
 
     Returns ``{"metrics": {spec: percent}, "warnings": [...], "flags": [Flag JSON],
-    "attacks": {spec: settings}, "seconds": float}``. Every spec is checked before any attack runs
-    and keyed in its canonical form (``"PGD20"`` -> ``"pgd20"``, ``"ta:cw"`` -> ``"ta:CW"``).
+    "attacks": {spec: settings}, "seconds": float}``, plus ``"corruption": {corruption: [percent
+    at severity 1..5]}`` when ``corruption`` is among the specs (measured on ``corrupted``). Every
+    spec is checked before any attack runs and keyed in its canonical form (``"PGD20"`` ->
+    ``"pgd20"``, ``"ta:cw"`` -> ``"ta:CW"``).
     """
     specs = list(dict.fromkeys(check_attack_spec(spec) for spec in attacks))
     model.eval()
@@ -58,8 +72,17 @@ def evaluate_classifier(
     metrics: dict[str, float | None] = {}
     settings: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
+    breakdown: dict[str, Any] = {}
     for spec in tqdm(specs, desc="evaluate", disable=not progress, leave=False):
         settings[spec] = attack_settings(spec, **eval_options(spec, cfg))
+        if ATTACKS.meta(parse_spec(spec).name).get("metric"):
+            attack = get_attack(spec, **eval_options(spec, cfg))
+            if corrupted is None:
+                raise ConfigError(f"{spec} needs the corrupted test sets (benchmark.corruptions.corrupted_sets)")
+            metrics[spec], breakdown[spec] = attack.measure(model, corrupted, x.device)
+            metrics[spec] = round(metrics[spec], 4)
+            settings[spec] |= corrupted.settings()
+            continue
         acc, warns = robust_accuracy(model, x, y, spec, cfg)
         metrics[spec] = round(acc, 4)
         warnings += [f"{spec}: {w}" for w in warns]
@@ -69,5 +92,6 @@ def evaluate_classifier(
         "warnings": warnings,
         "flags": [f.to_json() for f in flags],
         "attacks": settings,
+        **breakdown,  # per-set accuracies of a metric (``corruption``), only when it ran
         "seconds": time.time() - t0,
     }

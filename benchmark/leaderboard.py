@@ -274,6 +274,7 @@ def _cell(runs: list[tuple[int, Record]], metric: str) -> Cell:
 
 def _reported(ref: ReportedNumber, cells: Mapping[str, Cell]) -> Reported:
     repro_clean, repro_aa = cells["clean"].mean, cells["autoattack"].mean
+    repro_ca = cells["corruption"].mean if "corruption" in cells else None
 
     def delta(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else a - b
@@ -286,6 +287,8 @@ def _reported(ref: ReportedNumber, cells: Mapping[str, Cell]) -> Reported:
         delta_autoattack=delta(repro_aa, ref.autoattack),
         venue=ref.venue,
         note=ref.note,
+        corruption=ref.corruption,
+        delta_corruption=delta(repro_ca, ref.corruption),
     )
 
 

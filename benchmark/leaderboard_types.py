@@ -55,6 +55,8 @@ class Reported:
     delta_autoattack: float | None
     venue: str = ""
     note: str = ""
+    corruption: float | None = None  # the published mean corruption accuracy (CA), if any
+    delta_corruption: float | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,12 @@ class Table:
                 )
             )
         lines += self.notes
+        if "corruption" in self.metrics:
+            lines.append(
+                "CA = mean accuracy over the 15 common corruptions × severities 1-5 (CIFAR-10-C / "
+                "CIFAR-100-C files, or the test images corrupted by acbench: see the corruption "
+                "settings); the record keeps every set's accuracy."
+            )
         if self.show_reported:
             lines.append(
                 "reported (Δ): the RobustSSL benchmark leaderboard's number (ResNet-18, full "

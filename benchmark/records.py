@@ -77,6 +77,8 @@ class Record:
     protocol: str = "uniform"  # finetuning protocol
     method_params: dict[str, Any] = field(default_factory=dict)
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)  # attack -> its full settings
+    # metric ``corruption``: percent per corruption at severities 1..5 (empty when not evaluated)
+    corruption: dict[str, list[float]] = field(default_factory=dict)
     flags: tuple[Flag, ...] = ()
     autoattack_warnings: tuple[str, ...] = ()
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -106,6 +108,8 @@ class Record:
         for key in ("autoattack_warnings", "recipe_deviations"):
             out[key] = list(out[key])
         out["schema"] = SCHEMA
+        if not self.corruption:
+            del out["corruption"]  # records of runs without the metric stay as they were
         return out
 
     @classmethod
@@ -197,6 +201,11 @@ def _problem(r: Record) -> str | None:
             return f"metric {name!r} is a string ({value!r}); metrics are numbers or null"
         if not _is_number(value) or not 0 <= value <= 100:
             return f"metric {name!r} must be a percentage in [0, 100] or null, got {value!r}"
+    if not isinstance(r.corruption, dict):
+        return f"'corruption' must be an object, got {type(r.corruption).__name__}"
+    for name, values in r.corruption.items():
+        if not isinstance(values, list) or not all(_is_number(v) and 0 <= v <= 100 for v in values):
+            return f"corruption {name!r} must be a list of percentages (severity 1..5), got {values!r}"
     return None
 
 

@@ -80,10 +80,12 @@ def table_cells(table: Table) -> tuple[list[str], list[list[str]]]:
     for s in table.schemes:
         headers += [f"{scheme_label(s)} {attack_label(m)}" for m in table.metrics]
     headers.append("mean AA")
+    ca = "corruption" in table.metrics  # the reported CA beside the reproduced one
     if table.show_reported:
         for s in table.schemes:
             label = scheme_label(s)
             headers += [f"{label} clean reported (Δ)", f"{label} AA reported (Δ)"]
+            headers += [f"{label} CA reported (Δ)"] if ca else []
     headers.append("flags")
     rows = []
     for row in table.rows:
@@ -96,12 +98,13 @@ def table_cells(table: Table) -> tuple[list[str], list[list[str]]]:
             for s in table.schemes:
                 ref = row.reported.get(s)
                 if ref is None:
-                    line += [EMPTY, EMPTY]
+                    line += [EMPTY, EMPTY] + ([EMPTY] if ca else [])
                 else:
                     line += [
                         _fmt_reported(ref.clean, ref.delta_clean),
                         _fmt_reported(ref.autoattack, ref.delta_autoattack),
                     ]
+                    line += [_fmt_reported(ref.corruption, ref.delta_corruption)] if ca else []
         line.append("; ".join(row.flags))
         rows.append(line)
     return headers, rows
@@ -158,6 +161,7 @@ def render_csv(board: Leaderboard) -> str:
         for m in metrics:
             columns += [f"{s}_{m}_mean", f"{s}_{m}_std", f"{s}_{m}_n"]
     columns += ["mean_autoattack", "autoattack_schemes"]
+    ca = any(t.show_reported and "corruption" in t.metrics for t in board.tables)
     for s in schemes if any(t.show_reported for t in board.tables) else ():
         columns += [
             f"{s}_reported_clean",
@@ -165,6 +169,7 @@ def render_csv(board: Leaderboard) -> str:
             f"{s}_reported_autoattack",
             f"{s}_delta_autoattack",
         ]
+        columns += [f"{s}_reported_corruption", f"{s}_delta_corruption"] if ca else []
     columns.append("flags")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, columns, lineterminator="\n")
@@ -198,6 +203,8 @@ def render_csv(board: Leaderboard) -> str:
                 line[f"{s}_delta_clean"] = _r(ref.delta_clean)
                 line[f"{s}_reported_autoattack"] = ref.autoattack
                 line[f"{s}_delta_autoattack"] = _r(ref.delta_autoattack)
+                line[f"{s}_reported_corruption"] = ref.corruption
+                line[f"{s}_delta_corruption"] = _r(ref.delta_corruption)
             writer.writerow({c: line.get(c) for c in columns})
     return buf.getvalue()
 
@@ -255,6 +262,8 @@ def table_dict(t: Table) -> dict[str, Any]:
                         "delta_clean": _r(ref.delta_clean, 6),
                         "delta_autoattack": _r(ref.delta_autoattack, 6),
                         "note": ref.note,
+                        **({"corruption": ref.corruption, "delta_corruption": _r(ref.delta_corruption, 6)}
+                           if "corruption" in t.metrics else {}),
                     }
                     for s, ref in row.reported.items()
                 },

@@ -15,6 +15,8 @@ from typing import Any
 
 from benchmark.checkpoints import CLASSIFIER, ENCODER, load_classifier, load_encoder
 from benchmark.config import Preset
+from benchmark.corruptions import CORRUPTION_VERSION, CorruptedSets, corrupted_sets
+from benchmark.data import default_data_dir
 from benchmark.devices import resolve_precision, to_layout
 from benchmark.errors import ConfigError
 from benchmark.evaluate import evaluate_classifier
@@ -152,11 +154,22 @@ class EvaluateStage(Stage):
         return {"finetune": self.finetune}
 
     def config(self) -> dict[str, Any]:
+        # the corruption functions' version only where they run: other evaluations keep their keys
+        version = {"corruption": CORRUPTION_VERSION} if "corruption" in self.attacks else {}
         return {"attacks": list(self.attacks), "eval": dataclasses.asdict(self.preset.eval),
-                "dataset": self.finetune.target_dataset}
+                "dataset": self.finetune.target_dataset, **version}
+
+    def corrupted(self, opts: RunOptions) -> CorruptedSets | None:
+        """The corrupted test sets when ``corruption`` is evaluated (a missing CIFAR-C file: DataError)."""
+        if "corruption" not in self.attacks:
+            return None
+        data = self.finetune.data(opts)
+        return corrupted_sets(self.finetune.target_dataset, opts.data_dir or default_data_dir(),
+                              data.test_x, data.test_y, self.preset.eval.n_test, self.preset.eval.seed)
 
     def prepare(self, opts: RunOptions, upstream: dict[str, str]) -> None:
         self.finetune.data(opts)
+        self.corrupted(opts)
         load_classifier(opts.store.dir("finetune", upstream["finetune"]) / CLASSIFIER)
 
     def run(self, run: StageRun) -> dict[str, Any]:
@@ -167,7 +180,8 @@ class EvaluateStage(Stage):
         model = to_layout(load_classifier(run.upstream_dir("finetune") / CLASSIFIER, device), device)
         x = data.test_x[:n].to(device).float() / 255
         y = data.test_y[:n].to(device)
-        result = evaluate_classifier(model, x, y, list(self.attacks), ev, progress=opts.progress)
+        result = evaluate_classifier(model, x, y, list(self.attacks), ev, progress=opts.progress,
+                                     corrupted=self.corrupted(opts))
         return {**result, "n_test": int(len(x))}
 
     def describe(self) -> str:
