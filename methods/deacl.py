@@ -26,13 +26,17 @@ Two stages, as released (pantheon5100/DeACL; WAVE2.md section 4):
    not touch the encoder and is not built. The attack's sum (and its x256 fp16 factor) only scales
    the gradient, whose sign is taken.
 
-Named forms other than the release's: ``random_start="clipped"`` clips the attack's start to
-[0, 1] (acbench's PGD); ``student_init="scratch"`` (the release's ``--student_scratch``) starts the
-student from random weights.
+Both stages step solo-learn's warm-up cosine once per epoch, as released
+(:func:`solo_warmup_cosine_lambda`). Named forms other than the release's:
+``random_start="clipped"`` clips the attack's start to [0, 1] (acbench's PGD);
+``student_init="scratch"`` (the release's ``--student_scratch``) starts the student from random
+weights; ``lr_schedule="iteration"`` uses acbench's per-iteration schedule.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +52,7 @@ from methods import register_method
 from methods.base import AdversarialParams, Batch, ContrastiveParams, Logs, Method, Recipe
 from methods.losses import info_nce
 
+LR_SCHEDULES = ("released", "iteration")  # per epoch as released (pl_bolts), or acbench's per iteration
 STARTS = ("released", "clipped")  # the attack's random start: unclipped as released, or in [0, 1]
 INITS = ("teacher", "scratch")  # the student's initial weights
 
@@ -93,6 +98,47 @@ def deacl_pgd(
     return adv.detach()
 
 
+# ---- the schedule --------------------------------------------------------------------------------
+
+
+def solo_warmup_cosine_lambda(
+    steps_per_epoch: int, epochs: int, warmup_epochs: float, min_ratio: float, start_ratio: float
+) -> Callable[[int], float]:
+    """solo-learn's ``warmup_cosine`` (pl_bolts ``LinearWarmupCosineAnnealingLR``, stepped once per
+    epoch: Lightning's default interval) as a per-iteration factor of the peak lr. In 0-based epoch
+    e = step // steps_per_epoch, with W warm-up epochs of E::
+
+        e <  W:  start + (1 - start) e / max(1, W - 1)
+        e >= W:  min + (1 - min) (1 + cos(pi (e - W) / (E - W))) / 2
+
+    (DeACL's release: start 0.003 / 0.5, W = 10, min 0: epoch 1 at 0.003, epochs 10 and 11 at the
+    peak). This is pl_bolts' closed form, which its chained ``get_lr`` follows for W >= 1."""
+    w = int(round(warmup_epochs))
+
+    def factor(step: int) -> float:
+        e = step // steps_per_epoch
+        if e < w:
+            return start_ratio + (1.0 - start_ratio) * e / max(1, w - 1)
+        if epochs <= w:
+            return 1.0
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * (e - w) / (epochs - w)))
+
+    return factor
+
+
+class _SoloSchedule:
+    """``lr_schedule="released"``: solo-learn's per-epoch warm-up cosine; "iteration": acbench's."""
+
+    params: Any
+
+    def lr_lambda(self, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
+        if self.params.lr_schedule == "iteration":
+            return super().lr_lambda(recipe, steps_per_epoch, total_steps)  # type: ignore[misc]
+        return solo_warmup_cosine_lambda(
+            steps_per_epoch, recipe.epochs, recipe.warmup_epochs, recipe.min_lr_ratio, recipe.warmup_start
+        )
+
+
 # ---- the teacher's weights ---------------------------------------------------------------------
 
 
@@ -134,7 +180,7 @@ def stand_in_teacher(backbone: BackboneConfig, seed: int = 0) -> dict[str, Any]:
 
 
 @register_method("deacl-teacher")
-class DeACLTeacher(Method):
+class DeACLTeacher(_SoloSchedule, Method):
     paper = "Zhang et al., ECCV 2022 (teacher: SimCLR as solo-learn trains it)"
     summary = "DeACL's stage 1: SimCLR, tau 0.2, 512-2048-256 projector, strong jitter, LARS; no attack"
     branches = ("normal",)
@@ -146,9 +192,11 @@ class DeACLTeacher(Method):
         init: str = "kaiming-fan-out"  # torchvision's ResNet, as solo-learn builds it
         crop_scale_min: float = 0.08
         proj_output_dim: int = 256
+        lr_schedule: str = "released"  # "released": per epoch (solo-learn); "iteration": acbench's
 
         def __post_init__(self) -> None:
             super().__post_init__()
+            check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
             if not 0 < self.crop_scale_min <= 1 or self.proj_output_dim < 1:
                 raise ConfigError("crop_scale_min must be in (0, 1] and proj_output_dim >= 1")
 
@@ -160,8 +208,8 @@ class DeACLTeacher(Method):
             optimizer_options=(("eta", 0.02), ("eps", 1e-8), ("exclude_bias_and_bn", True),
                                ("lr_in_momentum", False)),
             source="solo-learn bash_files/pretrain/cifar/simclr.sh @f4a3279, DeACL's teacher (LARS eta 0.02, "
-            "biases and BN excluded, lr 0.4, wd 1e-5, warm-up from 0.003 over 10 epochs, cosine to 0; "
-            "released: per-epoch schedule, LARS lr clipping, fp16)",
+            "biases and BN excluded, lr 0.4, wd 1e-5, warm-up from 0.003 over 10 epochs, cosine to 0, "
+            "per epoch; released: LARS lr clipping, fp16)",
         )
 
     def build_head(self, feature_dim: int) -> nn.Module:
@@ -185,7 +233,7 @@ class DeACLTeacher(Method):
 
 
 @register_method("deacl")
-class DeACL(Method):
+class DeACL(_SoloSchedule, Method):
     paper = "Zhang et al., ECCV 2022"
     summary = ("distils a SimCLR teacher: -cos(f(x), t(x)) - 2 cos(f(x_adv), f(x)); weak crops, "
                "no projector, one BN; needs the teacher stage")
@@ -202,9 +250,11 @@ class DeACL(Method):
         # an acbench encoder.pt whose backbone the teacher stage uses instead of training deacl-teacher
         teacher_file: str | None = None
         lr: float = 0.5  # the paper recipe's peak learning rate
+        lr_schedule: str = "released"  # "released": per epoch (solo-learn); "iteration": acbench's
 
         def __post_init__(self) -> None:
             super().__post_init__()
+            check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
             check_choice("random_start", self.random_start, STARTS)
             check_choice("student_init", self.student_init, INITS)
             if self.trades_k < 0 or self.lr <= 0:
@@ -220,7 +270,7 @@ class DeACL(Method):
             epochs=100, batch_size=256, optimizer="sgd", lr=lr, momentum=0.9, weight_decay=5e-4,
             warmup_epochs=10, warmup_start=0.003 / lr, min_lr_ratio=0.0,
             source="pantheon5100/DeACL bash_files/DeACL_cifar10_resnet18.sh (SGD 0.5, wd 5e-4, warm-up from "
-            "0.003 over 10 epochs, cosine to 0; released per epoch, here per iteration). The release "
+            "0.003 over 10 epochs, cosine to 0, per epoch). The release "
             "runs CIFAR-10 only (its CIFAR-100 script loads the CIFAR-10 teacher and fails); acbench "
             "uses the same recipe on every dataset, with a teacher trained on that dataset",
         )

@@ -284,9 +284,47 @@ def test_teacher_method_step():
     assert math.isfinite(log.losses[0].item()) and log.losses[0].item() > 0
 
 
+def _pl_bolts_lrs(base, warmup_start, eta_min, warmup, epochs):
+    """pl_bolts LinearWarmupCosineAnnealingLR.get_lr (the chained form Lightning steps once per
+    epoch), re-derived: the lr of each epoch."""
+    lrs = []
+    for e in range(epochs):
+        if e == 0:
+            lr = warmup_start
+        elif e < warmup:
+            lr = lrs[-1] + (base - warmup_start) / (warmup - 1)
+        elif e == warmup:
+            lr = base
+        else:
+            m = epochs - warmup
+            lr = (1 + math.cos(math.pi * (e - warmup) / m)) / (1 + math.cos(math.pi * (e - warmup - 1) / m)) \
+                * (lrs[-1] - eta_min) + eta_min
+        lrs.append(lr)
+    return lrs
+
+
+@pytest.mark.parametrize("name", ["deacl", "deacl-teacher"])
+def test_the_released_schedule_steps_per_epoch(name):
+    m = get_method(name)
+    r = m.paper_recipe("cifar10")
+    steps = 7
+    factor = m.lr_lambda(r, steps, steps * r.epochs)
+    ref = _pl_bolts_lrs(r.lr, 0.003, 0.0, 10, r.epochs)
+    for e in range(r.epochs):
+        for i in (0, steps - 1):  # constant within an epoch
+            assert r.lr * factor(e * steps + i) == pytest.approx(ref[e], rel=1e-9, abs=1e-12), (e, i)
+    assert ref[0] == 0.003 and ref[9] == pytest.approx(r.lr) and ref[10] == r.lr
+    # the pretraining loop runs each update at lr x factor(step)
+    tr, _ = _training() if name == "deacl" else (build_training(pretrain_config(name), random_data(16), CPU), None)
+    assert tr.scheduler.lr_lambdas[0](0) == get_method(name).lr_lambda(
+        pretrain_config(name).recipe, tr.steps_per_epoch, tr.total_steps)(0)
+    it = get_method(name, lr_schedule="iteration").lr_lambda(r, steps, steps * r.epochs)
+    assert it(3) != factor(3)  # acbench's per-iteration warm-up
+
+
 @pytest.mark.parametrize("bad,message", [
     ({"random_start": "clip"}, "random_start"), ({"student_init": "random"}, "student_init"),
-    ({"trades_k": -1.0}, "trades_k"), ({"teacher_file": ""}, "teacher_file"), ({"crop_padding": -1}, "crop_padding"),
+    ({"trades_k": -1.0}, "trades_k"), ({"lr_schedule": "epoch"}, "lr_schedule"), ({"teacher_file": ""}, "teacher_file"), ({"crop_padding": -1}, "crop_padding"),
 ])
 def test_bad_parameters(bad, message):
     with pytest.raises(AcbenchError, match=message):
