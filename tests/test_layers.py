@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "benchmark.augment", "benchmark.models", "benchmark.optim", "benchmark.ddp",
         "benchmark.checkpoints", "benchmark.devices", "benchmark.labels", "benchmark.released", "methods.losses",
         "attacks*",
-        "benchmark.corruptions",
+        "benchmark.corruptions", "benchmark.corruption_ops",
     ),
     "methods": ("methods", "methods.*"),
     "pipeline": (
