@@ -37,7 +37,7 @@ from benchmark.errors import AcbenchError, ConfigError, did_you_mean
 from benchmark.pipeline import Target, record_path, run_pretrain_stage, run_scheme, session_for
 from benchmark.protocols import METHOD_FAMILY, PROTOCOLS, ROBUSTSSL, UNIFORM
 from benchmark.records import Record
-from benchmark.schemes import SELECTIONS, scheme_names
+from benchmark.schemes import SELECTIONS, get_scheme, scheme_names, scheme_sort_key
 from benchmark.stage import RunOptions
 from methods import list_methods, method_class
 
@@ -279,15 +279,21 @@ def run_method(opts: RunOptions, target: Target, schemes: Sequence[str], jobs: i
             r = results[job.name]
             if not r["ok"]:
                 raise JobFailed(f"{r['job']} failed: {r['error']}")
-    return [Record.load(Path(results[j.name]["record"])) for j in grid[1]]
+    by_scheme = {j.scheme: j for j in grid[1]}
+    return [Record.load(Path(results[by_scheme[sc].name]["record"])) for sc in schemes]
 
 
 def layers(suite: Suite) -> list[list[Job]]:
+    """The grid's two layers, each ordered longest job first so that a pool's last jobs are short:
+    pretrainings that need upstream stages (AdvCL's SimCLR + pseudo-labels) before the others, and
+    schemes that train the encoder (AFF), then the later schemes of the table, before SLF. The
+    order changes when a job runs, never what it computes."""
     grid = [(m, d, s) for m in suite.resolved_methods() for d in suite.resolved_datasets() for s in suite.seeds]
-    return [
-        [Job("pretrain", m, d, s) for m, d, s in grid],
-        [Job("scheme", m, d, s, sc) for m, d, s in grid for sc in suite.resolved_schemes()],
-    ]
+    pretrain = [Job("pretrain", m, d, s) for m, d, s in grid]
+    schemes = [Job("scheme", m, d, s, sc) for m, d, s in grid for sc in suite.resolved_schemes()]
+    pretrain.sort(key=lambda j: not method_class(j.method).requires)  # stable: grid order otherwise
+    schemes.sort(key=lambda j: (not get_scheme(j.scheme).trains_encoder, -scheme_sort_key(j.scheme)[0]))
+    return [pretrain, schemes]
 
 
 # ---- executors: each runs a list of jobs and reports every result ------------------------------
