@@ -19,6 +19,7 @@ from benchmark.checkpoints import load_encoder
 from benchmark.cli import main
 from benchmark.errors import AcbenchError
 from benchmark.io import load_checkpoint
+from benchmark.optim import warmup_cosine_lambda
 from benchmark.perf import PerfBench
 from benchmark.perf_measure import PassCounter
 from benchmark.pretrain import build_training, run_pretrain
@@ -301,3 +302,37 @@ def test_smoke_run_through_the_cli(tmp_path):
     (enc,) = (tmp_path / "results").glob("runs/pretrain/*/encoder.pt")
     _, ck = load_encoder(enc)
     assert not any(k.startswith("extra_heads.") for k in ck["state_dict"])
+
+
+@pytest.mark.parametrize("name", ["acl", "simclr", "rocl"])
+def test_default_hooks_leave_the_other_methods_unchanged(name):
+    """``Method.lr_lambda`` and ``Method.export_state_dict`` default to the loop's former schedule
+    (per-iteration warm-up + cosine) and the whole model state."""
+    cfg = pretrain_config(name)
+    cfg = dataclasses.replace(cfg, recipe=cfg.recipe.replace(epochs=3, warmup_epochs=1.5, warmup_start=0.1))
+    tr = build_training(cfg, random_data(32, cfg.image_size), CPU)
+    f, r = tr.scheduler.lr_lambdas[0], cfg.recipe
+    ref = warmup_cosine_lambda(tr.total_steps, round(r.warmup_epochs * tr.steps_per_epoch), r.min_lr_ratio,
+                               start_ratio=r.warmup_start)
+    assert [f(s) for s in range(tr.total_steps + 1)] == [ref(s) for s in range(tr.total_steps + 1)]
+    state, exported = tr.model.state_dict(), tr.method.export_state_dict(tr.model)
+    assert list(exported) == list(state) and all(exported[k] is state[k] or torch.equal(exported[k], state[k])
+                                                 for k in state)
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
+    """The EMA copy is part of the model state in ``last.pt``; strength and weight follow the epoch."""
+    cfg = _config(epochs=2, stages=2)
+    data = random_data(16, cfg.image_size)
+    run_pretrain(cfg, data, tmp_path / "a", CPU, progress=False)
+
+    def stop(epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain(cfg, data, tmp_path / "b", CPU, progress=False, on_epoch_end=stop)
+    run_pretrain(cfg, data, tmp_path / "b", CPU, progress=False)
+    a = load_checkpoint(tmp_path / "a" / "encoder.pt", kind="encoder")["state_dict"]
+    b = load_checkpoint(tmp_path / "b" / "encoder.pt", kind="encoder")["state_dict"]
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
