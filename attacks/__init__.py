@@ -9,6 +9,7 @@ callables, so a number in a record is what ``get_attack(spec)(model, x, y)`` giv
 | ``pgd20`` | L-inf PGD, eps 8/255, step 2/255, 20 steps, uniform random start, CE, eval mode, seed 0 |
 | ``autoattack`` | AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), L-inf eps 8/255 (pyautoattack) |
 | ``aa-lite`` | APGD-CE + APGD-T only: for development, never reported as AutoAttack |
+| ``corruption`` | a metric: mean accuracy over 15 common corruptions x 5 severities (CIFAR-C), "CA" |
 | ``ta:NAME[:k=v...]`` | the torchattacks class NAME, e.g. ``ta:CW``, ``ta:PGDL2:eps=0.5:steps=20`` |
 
 A new attack is one module that registers a factory in :data:`ATTACKS` (see ``attacks/base.py``),

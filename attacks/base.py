@@ -14,6 +14,8 @@ Registry metadata (all optional except ``label``):
 - ``eval_options``: ``cfg -> dict``, the factory options taken from the evaluation config
   (anything with ``eps``, ``seed`` and ``batch_size``, e.g. ``benchmark.config.EvalConfig``);
 - ``order``: where the attack comes in :func:`attacks.attack_names` (weakest first);
+- ``metric``: True for a metric that is not an attack on the test images (``corruption``): the
+  object's ``measure(model, sets)`` gives its accuracy (see ``benchmark.evaluate``);
 - ``argument``: set for a family of attacks (``ta`` = torchattacks): a spec names a member,
   ``NAME:MEMBER[:key=value...]``, and the factory is called as ``factory(MEMBER, **options)``.
 
