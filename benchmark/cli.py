@@ -126,7 +126,8 @@ def summary(records: list[Record]) -> str:
 
 @main.command()
 @schemes_option
-@click.option("--attacks", default=None, help="Comma-separated attacks: pgd20, autoattack, aa-lite, or a "
+@click.option("--attacks", default=None, help="Comma-separated attacks: pgd20, autoattack, aa-lite, corruption "
+              "(common-corruption accuracy, CA), or a "
               "torchattacks attack ta:NAME[:key=value...], e.g. ta:CW (default: pgd20,autoattack; clean "
               "accuracy is always measured).")
 @click.option("--select", "selection", type=click.Choice(SELECTIONS), default="last", show_default=True,

@@ -103,6 +103,7 @@ def run_scheme(opts: RunOptions, target: Target, scheme: str, session: Session |
     """Pretrain (if needed), finetune under ``scheme``, evaluate; write and return the record."""
     session = session or session_for(opts)
     stage = target.evaluate(opts, scheme)
+    stage.corrupted(opts)  # a missing CIFAR-C file fails here, before any stage runs
     evaluated = run_once(stage, opts, session)
     keys = {"pretrain": key_of(stage.finetune.pretrain, opts), "finetune": key_of(stage.finetune, opts),
             "evaluate": evaluated}
@@ -147,6 +148,7 @@ def make_record(opts: RunOptions, target: Target, scheme: str, keys: dict[str, s
         protocol=target.protocol,
         eps=round(preset.eval.eps, 7),
         attacks=ev.get("attacks", {}),
+        corruption=ev.get("corruption", {}),
         flags=tuple(flags),
         autoattack_warnings=tuple(ev["warnings"]),
         recipe=recipe.to_dict(),

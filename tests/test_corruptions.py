@@ -285,6 +285,7 @@ def test_cli_smoke_run_with_corruption(tmp_path):
     per = done["corruption"]
     assert set(per) == set(CORRUPTIONS) and all(len(v) == 5 for v in per.values())
     assert ca == pytest.approx(float(np.mean([v for vs in per.values() for v in vs])), abs=1e-3)
+    assert rec["corruption"] == per  # the per-set accuracies reach the record
     board = CliRunner().invoke(main, ["leaderboard", "--results", str(results)], catch_exceptions=False)
     assert board.exit_code == 0 and "SLF CA" in board.output
 
