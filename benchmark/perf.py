@@ -51,12 +51,13 @@ from typing import Any
 
 import torch
 from tabulate import tabulate
+from torch import nn
 
 from benchmark.config import PRESETS
 from benchmark.data import Dataset
 from benchmark.devices import resolve_device, resolve_precision, uses_channels_last
 from benchmark.errors import AcbenchError, ConfigError, check_choice
-from benchmark.models import BACKBONES
+from benchmark.models import BACKBONES, ResNet
 from benchmark.perf_measure import (
     CLOCKS,
     FlopCounter,
@@ -217,9 +218,13 @@ class PerfBench:
             self.model.train()
         return fc.total() / self.batch_size
 
+    def stems(self) -> list[nn.Module]:
+        """The stem convolution of every encoder in the model (one pass = one image through one)."""
+        return [m.conv1 for m in self.model.modules() if isinstance(m, ResNet)]
+
     def count(self, step: Step) -> tuple[float, dict[str, float]]:
         """(FLOPs per image, stem passes per image) of one ``step()``."""
-        with _eager(self.compiled), PassCounter(self.model.encoder.conv1) as passes, FlopCounter() as fc:
+        with _eager(self.compiled), PassCounter(*self.stems()) as passes, FlopCounter() as fc:
             step()
         return fc.total() / self.batch_size, passes.per_image(self.batch_size)
 

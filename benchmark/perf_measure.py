@@ -150,20 +150,21 @@ class PassCounter:
     which receives the gradients of the stem's inputs (None for those not computed).
     """
 
-    def __init__(self, stem: nn.Module):
-        self.stem = stem
+    def __init__(self, *stems: nn.Module):
+        self.stems = stems  # every encoder of the model (e.g. DynACL's online and momentum copies)
         self.forward = self.input_backward = self.weight_backward = 0
-        self._handle: Any = None
+        self._handles: list[Any] = []
         self._active = False
 
     def __enter__(self) -> PassCounter:
-        self._handle = self.stem.register_forward_hook(self._on_forward)
+        self._handles = [stem.register_forward_hook(self._on_forward) for stem in self.stems]
         self._active = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._active = False
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
         n = args[0].shape[0]

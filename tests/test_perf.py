@@ -36,11 +36,17 @@ FORMULAS = {
     "advcl": lambda k: {"forward": 3 + 2 * k + 5, "input_backward": 2 * k, "weight_backward": 5},
     "advcl-adaptive": lambda k: {"forward": 3 + 2 * k + 5 + 2, "input_backward": 2 * k, "weight_backward": 5},
     "simclr": lambda k: {"forward": 2, "input_backward": 0, "weight_backward": 2},
+    # DynACL: both copies counted (view 1 online, view 2 momentum copy, as released): attack 2K forwards +
+    # 2K input-only backwards; loss 4 views forward, the 2 online ones backward (the EMA copy has no grads)
+    "dynacl": lambda k: {"forward": 2 * k + 4, "input_backward": 2 * k, "weight_backward": 2},
+    # ACL-AIR / DynACL-AIR: ACL + the un-augmented image x_o (its own forward and backward)
+    "air": lambda k: {"forward": 2 * k + 5, "input_backward": 2 * k, "weight_backward": 5},
 }
 FAMILY = {
     "acl": "acl", "simclr": "simclr",
     "rocl": "rocl", "rocl-ip": "rocl", "rocl-hn": "rocl", "rocl-iphn": "rocl",
     "advcl": "advcl", "advcl-hn": "advcl", "advcl-ip": "advcl-adaptive", "advcl-iphn": "advcl-adaptive",
+    "dynacl": "dynacl", "acl-air": "air", "dynacl-air": "air",
 }
 
 
