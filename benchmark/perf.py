@@ -43,6 +43,7 @@ uint8 images, the scheduler step and the epoch log.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -72,6 +73,7 @@ from benchmark.pretrain import EpochLog, PretrainConfig, Training, build_trainin
 from methods import get_method, list_methods
 from methods.advcl import CLUSTERS
 from methods.base import Batch, Method
+from methods.deacl import stand_in_teacher
 
 KEYS = (
     "method", "precision", "harness_images_per_s", "bare_images_per_s", "ratio", "ratio_q1",
@@ -116,10 +118,13 @@ def stand_in_inputs(method: type[Method] | Method, n: int, seed: int = 0) -> dic
     pseudo-labels): timing ignores their values, and tests set up a step with them."""
     extras: dict[str, Any] = {}
     for need in method.requires:
-        if need != "pseudo_labels":
+        if need == "pseudo_labels":
+            g = torch.Generator().manual_seed(seed)
+            extras["pseudo_labels"] = {f"k{h}": torch.randint(0, h, (n,), generator=g) for h in CLUSTERS}
+        elif need == "teacher":  # a random teacher of the student's shape, built at setup
+            extras["teacher"] = functools.partial(stand_in_teacher, seed=seed)
+        else:
             raise ConfigError(f"no stand-in for the upstream stage {need!r} of {method.name!r}")
-        g = torch.Generator().manual_seed(seed)
-        extras["pseudo_labels"] = {f"k{h}": torch.randint(0, h, (n,), generator=g) for h in CLUSTERS}
     return extras
 
 

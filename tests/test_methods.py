@@ -38,7 +38,7 @@ def test_registry_lists_the_methods():
 def test_one_training_step(name):
     s = one_step(name)
     m, model = s.method, s.model
-    assert torch.isfinite(s.loss) and s.loss.item() > 0
+    assert torch.isfinite(s.loss) and s.loss.item() != 0  # DeACL's loss (negative cosines) is below 0
     assert "loss" in s.logs and all(isinstance(v, (torch.Tensor, float)) for v in s.logs.values())
     enc_grads = [p.grad for p in model.encoder.parameters()]
     assert all(g is not None for g in enc_grads[:3]) and any(g.abs().sum() > 0 for g in enc_grads if g is not None)
@@ -356,7 +356,7 @@ def test_view_adaptation_reaches_every_methods_views_alike(name):
     adapted = build_training(cfg, random_data(16), CPU, fake_extras(method_class(name), 16)).method
     assert published.augmentation == ViewAdaptation() and adapted.augmentation == ADAPTED
     before, after = _views_of(published), _views_of(adapted)
-    assert any(isinstance(v, SimCLRViews) for v in after) and len(before) == len(after)
+    assert after and len(before) == len(after)  # DeACL has crop-and-flip views only
     for p, a in zip(before, after):
         assert type(p) is type(a) and p.flip and not a.flip
         if isinstance(a, SimCLRViews):

@@ -41,12 +41,15 @@ FORMULAS = {
     "dynacl": lambda k: {"forward": 2 * k + 4, "input_backward": 2 * k, "weight_backward": 2},
     # ACL-AIR / DynACL-AIR: ACL + the un-augmented image x_o (its own forward and backward)
     "air": lambda k: {"forward": 2 * k + 5, "input_backward": 2 * k, "weight_backward": 5},
+    # DeACL: attack K student forwards + K input-only backwards; loss: one forward of [x; x_adv] and its
+    # backward (the frozen teacher's forward runs on another module: not counted by the stem counter)
+    "deacl": lambda k: {"forward": k + 2, "input_backward": k, "weight_backward": 2},
 }
 FAMILY = {
     "acl": "acl", "simclr": "simclr",
     "rocl": "rocl", "rocl-ip": "rocl", "rocl-hn": "rocl", "rocl-iphn": "rocl",
     "advcl": "advcl", "advcl-hn": "advcl", "advcl-ip": "advcl-adaptive", "advcl-iphn": "advcl-adaptive",
-    "dynacl": "dynacl", "acl-air": "air", "dynacl-air": "air",
+    "dynacl": "dynacl", "acl-air": "air", "dynacl-air": "air", "deacl": "deacl", "deacl-teacher": "simclr",
 }
 
 
@@ -69,6 +72,7 @@ def _params(method: str) -> dict[str, int]:
         ("advcl", 5, 38),  # 4K + 18 (the released code recomputes the clean views: about 50)
         ("advcl-ip", 5, 40),  # 4K + 20
         ("simclr", 0, 6),
+        ("deacl", 5, 16),  # K + 2 forwards, K input-only backwards, 2 weight backwards
     ],
 )
 def test_passes_per_step_match_the_formula_at_paper_attack_steps(method, k, expected):
