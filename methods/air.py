@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attacks import contrastive_pgd, eval_mode
 from benchmark.errors import ConfigError, check_choice
 from benchmark.models import ContrastiveModel
 from methods import register_method
-from methods.base import AdversarialParams, Batch, Logs, Method, Recipe
+from methods.acl import ACL
+from methods.base import AdversarialParams, Batch, Logs, Recipe
 from methods.dynacl import (
     INTERPOLATIONS,
     LR_SCHEDULES,
@@ -87,11 +87,9 @@ def invariance_regularisers(
 
 
 @register_method("acl-air")
-class ACLAIR(Method):
+class ACLAIR(ACL):  # ACL's branches, attack objective (contrast) and joint PGD on both views
     paper = "Xu et al., NeurIPS 2023"
     summary = "ACL + standard and adversarial invariance regularisers (SIR + AIR) on the un-augmented image"
-    branches = ("normal", "pgd")
-    finetune_branch = "pgd"
     dynamic: ClassVar[bool] = False  # the release's --DynAug
 
     @dataclass(frozen=True)
@@ -146,10 +144,6 @@ class ACLAIR(Method):
         return {"strength": self.strength(epoch, epochs), "adv_weight": self.adv_weight(epoch, epochs)}
 
     # ---- the loss --------------------------------------------------------------------------
-    def contrast(self, z: torch.Tensor, n: int) -> torch.Tensor:
-        """NT-Xent on a [2n, D] stack of two views' embeddings (the attack objective)."""
-        return info_nce(self.gather(z.view(2, n, -1)), self.params.temperature)
-
     def loss(
         self, z: torch.Tensor, z_adv: torch.Tensor, z_orig: torch.Tensor, w: float
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -163,14 +157,6 @@ class ACLAIR(Method):
         sir, air = invariance_regularisers(g[0], g[1], g[2], g[3], g[4], p.temperature, p.kl_form)
         loss = (1.0 - w) * nat + (1.0 + w) * adv + p.lambda1 * sir + p.lambda2 * air
         return loss, {"clean": nat, "adv": adv, "sir": sir, "air": air}
-
-    def adversarial_views(self, model: ContrastiveModel, t: torch.Tensor, n: int) -> torch.Tensor:
-        p = self.params
-        with eval_mode(model):
-            (adv,) = contrastive_pgd(
-                lambda a: self.contrast(model(a[0], "pgd"), n), [t], p.eps, p.attack_step, p.attack_steps
-            )
-        return adv
 
     def training_step(self, model: ContrastiveModel, batch: Batch) -> tuple[torch.Tensor, Logs]:
         x = batch.images
