@@ -11,8 +11,9 @@
 
 The release's table is transcribed below as data (file and line in comments) and replayed by
 :func:`release_config`. Families are the release's ``--pretraining`` names; acbench methods map to
-them in :data:`METHOD_FAMILY`. Methods the release has no recipe for (SimCLR, the RoCL family)
-have no ``robustssl`` protocol: :class:`NoProtocol`. Downstream datasets are keyed as the
+them in :data:`METHOD_FAMILY`. Methods the release has no recipe for (SimCLR, the RoCL family,
+ACL-AIR, DeACL's teacher; :data:`NO_FAMILY` says why for some) have no ``robustssl`` protocol:
+:class:`NoProtocol`. Downstream datasets are keyed as the
 release's branches are: ``cifar10``, ``cifar100``, ``stl10-96`` (STL-10 -> STL-10, ``--resize
 96``) and ``stl10-32`` (CIFAR -> STL-10, ``--resize 32``); any other dataset (the CPU presets'
 digits) takes CIFAR-10's settings, flagged. Presets scale a protocol with per-scheme
@@ -138,14 +139,31 @@ ASSIGNMENTS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
 FAMILIES = tuple(ASSIGNMENTS)
 
 # acbench method -> RobustSSL family (--pretraining). advcl-ip/-hn/-iphn are A-InfoNCE's variants
-# (AdvCL's settings either way). Families without an acbench method yet: DynACL, DynACL++, DeACL,
-# DynACL-AIR, DynACL-AIR++, DynACL-RCS.
+# (AdvCL's settings either way). dynacl++ and dynacl-air++ are the post-processed encoders (the
+# release's DynACL++ STL-10 line runs them as --pretraining DynACL: the same settings). dynacl-rcs
+# gets what the release ran for 'DynACL-RCS': its final else branch (see ASSIGNMENTS), not the
+# DynACL settings its 'DynACL_RCS' spelling meant and RCS's own finetuner uses
+# (GodXuxilie/Efficient_ACL_via_RCS finetuning_utils.py:765-787).
 METHOD_FAMILY = {
     "acl": "ACL",
     "advcl": "AdvCL",
     "advcl-ip": "A-InfoNCE",
     "advcl-hn": "A-InfoNCE",
     "advcl-iphn": "A-InfoNCE",
+    "deacl": "DeACL",
+    "dynacl": "DynACL",
+    "dynacl++": "DynACL++",
+    "dynacl-air": "DynACL-AIR",
+    "dynacl-air++": "DynACL-AIR++",
+    "dynacl-rcs": "DynACL-RCS",
+}
+# Methods of RobustSSL's families that it never finetuned: why they have no robustssl protocol.
+NO_FAMILY = {
+    "acl-air": "RobustSSL has no ACL-AIR checkpoint and no --pretraining choice for it (its 'ACL_IR' "
+    "branch, V/utils.py:887-921, is unreachable)",
+    "acl-air++": "RobustSSL has no ACL-AIR++ checkpoint and no --pretraining choice for it",
+    "acl-rcs": "RobustSSL has no ACL-RCS checkpoint and no --pretraining choice for it",
+    "deacl-teacher": "it is DeACL's SimCLR teacher stage; RobustSSL finetunes the student, deacl",
 }
 
 # The BN branch finetuned (and kept after dual-BN AFF): 'pgd' = bn_list.1. ACL and the DynACL
@@ -224,10 +242,10 @@ def robustssl_family(method: str) -> str:
     try:
         return METHOD_FAMILY[method]
     except KeyError:
+        why = NO_FAMILY.get(method, f"RobustSSL's vanilla finetuning has settings only for {', '.join(FAMILIES)}")
         raise NoProtocol(
-            f"method {method!r} has no robustssl protocol: RobustSSL's vanilla finetuning has "
-            f"settings only for {', '.join(FAMILIES)} (acbench: {', '.join(METHOD_FAMILY)}); "
-            "use --protocol uniform"
+            f"method {method!r} has no robustssl protocol: {why} (acbench: "
+            f"{', '.join(METHOD_FAMILY)}); use --protocol uniform"
         ) from None
 
 
@@ -261,10 +279,13 @@ def release_settings(family: str, scheme: str, key: str) -> dict[str, Any]:
 
 def release_dual_bn(family: str, pretrain_dataset: str, finetune_dataset: str) -> bool:
     """Whether the release's AFF is dual-BN for this run (:data:`RUNS`); for a run it never made,
-    its rule: single-BN for CIFAR-10 -> STL-10 and for single-BN checkpoints in-domain."""
+    its rule: single-BN for CIFAR-10 -> STL-10 and for single-BN checkpoints in-domain, dual for
+    CIFAR-100 -> STL-10; DeACL (one BN, never run from CIFAR-100) is always single-BN."""
     run = RUNS.get((_family(family), pretrain_dataset, finetune_dataset))
     if run is not None:
         return run[1]
+    if family == "DeACL":  # one BN branch (acbench's deacl too): no second branch to train
+        return False
     if finetune_dataset == "stl10" and pretrain_dataset in ("cifar10", "cifar100"):
         return pretrain_dataset == "cifar100"
     return family not in SINGLE_BN_CHECKPOINT

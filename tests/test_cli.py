@@ -31,8 +31,11 @@ from benchmark.stages import FinetuneStage, PretrainStage
 ROOT = Path(__file__).parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 SMOKE = ["--preset", "smoke", "--quiet"]
-ALL_METHODS = {"simclr", "acl", "rocl", "rocl-ip", "rocl-hn", "rocl-iphn", "advcl", "advcl-ip", "advcl-hn",
-               "advcl-iphn"}
+# every registered method (the registry, so a new method cannot be missed), and a floor of names that
+# must stay registered
+ALL_METHODS = set(methods.list_methods())
+BUILTIN_METHODS = {"simclr", "acl", "rocl", "rocl-ip", "rocl-hn", "rocl-iphn", "advcl", "advcl-ip", "advcl-hn",
+                   "advcl-iphn", "dynacl", "acl-air", "dynacl-air", "deacl", "deacl-teacher"}
 RUN = ["run", "--method", "simclr", *SMOKE, "--attacks", "pgd20", "--json"]
 
 
@@ -79,9 +82,10 @@ def smoke_data():
 
 
 def test_methods_lists_every_method():
+    assert BUILTIN_METHODS <= ALL_METHODS
     out = invoke("methods").stdout
-    names = {line.split()[0] for line in out.splitlines() if line.strip()}
-    assert ALL_METHODS <= names
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    assert ALL_METHODS <= set(names) and len(names) == len(set(names))
 
 
 def test_methods_json_has_paper_recipes():
@@ -317,10 +321,12 @@ def test_robustssl_protocol_on_smoke(tmp_path):
     assert uniform["stages"]["finetune"] != rec["stages"]["finetune"] and uniform["protocol"] == "uniform"
 
 
-def test_robustssl_protocol_refuses_methods_it_has_no_settings_for(tmp_path):
-    r = CliRunner().invoke(main, ["run", "--method", "simclr", *SMOKE, "--protocol", "robustssl",
+@pytest.mark.parametrize("method, why", [("simclr", "settings only for"), ("acl-air", "no ACL-AIR checkpoint")])
+def test_robustssl_protocol_refuses_methods_it_has_no_settings_for(tmp_path, method, why):
+    r = CliRunner().invoke(main, ["run", "--method", method, *SMOKE, "--protocol", "robustssl",
                                   "--results", str(tmp_path)])
-    assert r.exit_code == 1 and "simclr" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1 and f"method '{method}' has no robustssl protocol" in r.output and why in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
 
 

@@ -5,6 +5,7 @@ method families, flags, dual-BN AFF, and smoke finetunes under the robustssl pro
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -141,7 +142,10 @@ def test_aff_bn_layout_of_every_run():
         assert release_config(family, "aff", pre, fine).dual_bn == dual, (family, pre, fine)
     # runs the release never made follow its rule: single-BN checkpoints in-domain single
     assert not release_config("AdvCL", "aff", "stl10", "stl10").dual_bn
-    assert release_config("DeACL", "aff", "cifar100", "stl10").dual_bn  # C100 -> STL: dual
+    assert release_config("AdvCL", "aff", "cifar100", "cifar10").dual_bn is False  # in-domain rule
+    assert release_config("ACL", "aff", "cifar100", "stl10").dual_bn  # C100 -> STL: dual
+    # DeACL never ran from CIFAR-100 and has one BN branch: single-BN AFF, never a dual one
+    assert not release_config("DeACL", "aff", "cifar100", "stl10").dual_bn
 
 
 def test_mode_all_carry_over():
@@ -166,26 +170,75 @@ def test_mode_all_carry_over():
         ("DynACL-AIR", "aff", "C10"),
         ("DynACL-AIR++", "aff", "C10"),  # ALF's epochs = 4 (:977)
     }
-    # none of acbench's methods' families carries anything over
-    assert not {f for f, _, _ in carried} & set(METHOD_FAMILY.values())
+    # acbench's dynacl-air and dynacl-air++ get the carried-over epochs, as --mode ALL ran them
+    for method, scheme, epochs in [
+        ("dynacl-air", "slf", 5), ("dynacl-air", "alf", 5), ("dynacl-air", "aff", 5),
+        ("dynacl-air++", "slf", 25), ("dynacl-air++", "alf", 4), ("dynacl-air++", "aff", 4),
+    ]:  # fmt: skip
+        assert finetune_config("robustssl", method, scheme, "cifar10", "cifar10").epochs == epochs
+        assert finetune_config("robustssl", method, scheme, "cifar100", "cifar100").epochs == 25
 
 
 # ---- methods, protocols, presets ---------------------------------------------------------------
 
 
+# acbench method -> the release's --pretraining family, independently of METHOD_FAMILY (WAVE2
+# sections 0.5 and 6). Names that helpers register later (dynacl++, dynacl-air++, dynacl-rcs) are
+# checked by name whether or not they are registered yet.
+FAMILY_OF = {
+    "acl": "ACL", "advcl": "AdvCL", "advcl-ip": "A-InfoNCE", "advcl-hn": "A-InfoNCE",
+    "advcl-iphn": "A-InfoNCE", "deacl": "DeACL", "dynacl": "DynACL", "dynacl++": "DynACL++",
+    "dynacl-air": "DynACL-AIR", "dynacl-air++": "DynACL-AIR++", "dynacl-rcs": "DynACL-RCS",
+}  # fmt: skip
+# registered methods RobustSSL never finetuned (a one-line NoProtocol, with the reason)
+NO_ROBUSTSSL = {"simclr", "rocl", "rocl-ip", "rocl-hn", "rocl-iphn", "acl-air", "acl-air++", "acl-rcs",
+                "deacl-teacher"}
+
+
 def test_method_families_and_branches():
-    assert robustssl_family("acl") == "ACL" and robustssl_family("advcl") == "AdvCL"
-    assert {robustssl_family(m) for m in ("advcl-ip", "advcl-hn", "advcl-iphn")} == {"A-InfoNCE"}
-    for method in list_methods():
-        if method in METHOD_FAMILY:
-            # the release finetunes bn_list.1 = 'pgd': acbench's methods name the same branch
+    assert METHOD_FAMILY == FAMILY_OF
+    assert set(METHOD_FAMILY.values()) == set(FAMILIES)  # every family has its acbench method
+    for method, family in FAMILY_OF.items():
+        assert robustssl_family(method) == family
+    registered = set(list_methods())
+    # every registered method either has RobustSSL settings or is one RobustSSL never evaluated
+    assert registered <= set(FAMILY_OF) | NO_ROBUSTSSL, registered - set(FAMILY_OF) - NO_ROBUSTSSL
+    for method in sorted(registered):
+        if method in FAMILY_OF:
             cfg = finetune_config("robustssl", method, "slf", "cifar10", "cifar10")
-            assert cfg.branch == method_class(method).finetune_branch == "pgd"
+            if method == "deacl":  # one BN: the checkpoint's own branch ("" = its finetune_branch)
+                assert cfg.branch == "" and method_class(method).finetune_branch == "normal"
+            else:  # the release finetunes bn_list.1 = 'pgd': acbench's methods name the same branch
+                assert cfg.branch == method_class(method).finetune_branch == "pgd"
         else:
-            with pytest.raises(NoProtocol, match=f"method '{method}' has no robustssl protocol"):
+            with pytest.raises(NoProtocol, match=re.escape(f"method '{method}' has no robustssl protocol")):
                 finetune_config("robustssl", method, "slf", "cifar10", "cifar10")
-    assert {m for m in list_methods() if m not in METHOD_FAMILY} >= {"simclr", "rocl", "rocl-ip"}
+    with pytest.raises(NoProtocol, match="RobustSSL has no ACL-AIR checkpoint") as e:
+        robustssl_family("acl-air")
+    assert "\n" not in str(e.value) and "--protocol uniform" in str(e.value)
+    with pytest.raises(NoProtocol, match="settings only for ACL, DynACL,"):
+        robustssl_family("simclr")
     assert issubclass(NoProtocol, ConfigError)
+
+
+def test_new_families_take_their_release_branches():
+    """deacl: AdvCL's settings (V/utils.py:876-884), single-BN AFF; dynacl and dynacl++: the
+    DynACL branch (:828-850); dynacl-rcs: the else branch (:997-1000), as the name mismatch ran it."""
+    for scheme in ("slf", "alf"):
+        deacl = finetune_config("robustssl", "deacl", scheme, "cifar10", "cifar10")
+        assert (deacl.batch_size, deacl.lr, deacl.milestones, deacl.epochs) == (512, 0.01, M15, 25)
+        for method in ("dynacl", "dynacl++"):
+            c100 = finetune_config("robustssl", method, scheme, "cifar100", "cifar100")
+            assert (c100.batch_size, c100.lr, c100.milestones) == (512, 0.05, M10)
+        rcs = finetune_config("robustssl", "dynacl-rcs", scheme, "cifar10", "cifar10")
+        assert (rcs.batch_size, rcs.lr, rcs.milestones, rcs.epochs) == (128, 0.1, M15, 25)
+    assert not finetune_config("robustssl", "deacl", "aff", "cifar10", "cifar10").dual_bn
+    assert not finetune_config("robustssl", "deacl", "aff", "cifar10", "stl10").dual_bn
+    stl = finetune_config("robustssl", "dynacl", "aff", "stl10", "stl10")
+    assert stl.milestones == M10 and stl.dual_bn
+    for method in ("dynacl", "dynacl++", "dynacl-air", "dynacl-air++", "dynacl-rcs"):
+        assert finetune_config("robustssl", method, "aff", "cifar10", "cifar10").dual_bn
+    assert not finetune_config("robustssl", "dynacl-rcs", "aff", "cifar10", "stl10").dual_bn
 
 
 def test_finetune_config_uniform_and_robustssl():
