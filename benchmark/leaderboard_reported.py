@@ -19,18 +19,20 @@ from pathlib import Path
 from benchmark.errors import ConfigError
 
 # acbench registry name -> method name in the reported CSV. Only methods that are the same
-# algorithm; matching is by this table, case-insensitively on the CSV side. Deliberately absent:
-# the A-InfoNCE variants (advcl-ip, advcl-hn, advcl-iphn, rocl-*): the RobustSSL leaderboard's
-# "A-InfoNCE" row does not say which variant it is.
+# algorithm; matching is by this table, case-insensitively on the CSV side. The leaderboard's "AIR"
+# and "AIR++" are DynACL with AIR (dynacl-air, dynacl-air++) and "RCS" is DynACL-RCS, the
+# checkpoints RobustSSL evaluated (WAVE2 sections 3 and 5). Deliberately absent: the A-InfoNCE
+# variants (advcl-ip, advcl-hn, advcl-iphn, rocl-*): the RobustSSL leaderboard's "A-InfoNCE" row
+# does not say which variant it is; acl-air, acl-air++ and acl-rcs, which it never evaluated.
 REPORTED_NAMES = {
     "acl": "ACL",
     "rocl": "RoCL",
     "advcl": "AdvCL",
     "dynacl": "DynACL",
     "dynacl++": "DynACL++",
-    "air": "AIR",
-    "air++": "AIR++",
-    "rcs": "RCS",
+    "dynacl-air": "AIR",
+    "dynacl-air++": "AIR++",
+    "dynacl-rcs": "RCS",
     "deacl": "DeACL",
 }
 REPORTED_PRESET = "paper"  # reported numbers are for the full-scale recipes only

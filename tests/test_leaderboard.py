@@ -559,3 +559,55 @@ def test_text_renderers_load_neither_pandas_nor_matplotlib():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# the RobustSSL leaderboard's name of each acbench method that has published rows (WAVE2 sections
+# 3-6): its AIR, AIR++ and RCS rows are the DynACL-based models
+PUBLISHED_AS = {"acl": "ACL", "rocl": "RoCL", "advcl": "AdvCL", "dynacl": "DynACL", "dynacl++": "DynACL++",
+                "dynacl-air": "AIR", "dynacl-air++": "AIR++", "dynacl-rcs": "RCS", "deacl": "DeACL"}
+
+
+def test_every_published_row_meets_its_method():
+    """Each published (pretrain -> finetune, scheme) row of a mapped method appears beside a paper
+    robustssl record of that method, with its clean, AutoAttack and corruption numbers."""
+    published = load_reported()
+    names = {ref.method for ref in published}
+    assert set(PUBLISHED_AS.values()) <= names  # a renamed CSV method would leave a row unmatched
+    records, expected = [], {}
+    for method, name in PUBLISHED_AS.items():
+        rows = [ref for ref in published if ref.method == name]
+        assert rows, name
+        for ref in rows:
+            over = {"dataset": ref.pretrain_dataset, "finetune_dataset": ref.finetune_dataset,
+                    "preset": "paper", "protocol": "robustssl", "backbone": "resnet18",
+                    "n_test": 8000 if ref.finetune_dataset == "stl10" else 10000}
+            rec = record(method, ref.scheme, 0, 70.0, 40.0, 35.0, **over)
+            records.append(rec.replace(metrics=rec.metrics | {"corruption": 60.0}))
+            expected[(ref.pretrain_dataset, ref.finetune_dataset, ref.scheme, method)] = ref
+    # the new names' published pairs (the CSV's): transfers included
+    pairs = {(p, f) for p, f, _, m in expected if m in ("dynacl-air", "dynacl-rcs", "deacl")}
+    assert {("cifar10", "cifar10"), ("cifar10", "stl10")} <= pairs
+    board = build_leaderboard(records, reported=published)
+    found = {}
+    for table in board.tables:
+        assert table.show_reported
+        for row in table.rows:
+            for scheme, got in row.reported.items():
+                found[(table.dataset, table.finetune_dataset, scheme, row.method)] = got
+    assert set(found) == set(expected)
+    for key, ref in expected.items():
+        got = found[key]
+        assert (got.name, got.clean, got.autoattack, got.corruption) == (
+            ref.method, ref.clean, ref.autoattack, ref.corruption), key
+        assert got.delta_autoattack == pytest.approx(35.0 - ref.autoattack)
+        if ref.corruption is None:
+            assert got.delta_corruption is None
+        else:
+            assert got.delta_corruption == pytest.approx(60.0 - ref.corruption)
+    with_ca = [k for k, ref in expected.items() if ref.corruption is not None]
+    assert {k[3] for k in with_ca} >= {"dynacl-air", "dynacl-air++", "dynacl-rcs", "dynacl", "dynacl++", "deacl"}
+    # names RobustSSL never published stay unmatched, and so do the old aliases
+    stray = [record(m, "slf", 0, 70.0, 40.0, 35.0, dataset="cifar10", finetune_dataset="cifar10",
+                    preset="paper", protocol="robustssl", n_test=10000) for m in ("acl-air", "air", "rcs")]
+    table = build_leaderboard(stray, reported=published).tables[0]
+    assert not any(row.reported for row in table.rows)
