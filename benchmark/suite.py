@@ -271,6 +271,7 @@ def run_method(opts: RunOptions, target: Target, schemes: Sequence[str], jobs: i
                   jobs=max(1, min(jobs, len(schemes))))
     if suite.preset not in PRESETS or get_preset(suite.preset) != target.preset:
         raise ConfigError(f"preset {target.preset.name!r} is not a registered preset")
+    precheck(opts, suite)
     results: dict[str, dict] = {}
     grid = layers(suite)
     for layer in grid:
@@ -281,6 +282,15 @@ def run_method(opts: RunOptions, target: Target, schemes: Sequence[str], jobs: i
                 raise JobFailed(f"{r['job']} failed: {r['error']}")
     by_scheme = {j.scheme: j for j in grid[1]}
     return [Record.load(Path(results[by_scheme[sc].name]["record"])) for sc in schemes]
+
+
+def precheck(opts: RunOptions, suite: Suite) -> None:
+    """Fail before any job runs on what the jobs would meet later, checked as they check it: each
+    evaluated dataset's CIFAR-C files when ``corruption`` is among the attacks (a missing file: one
+    line naming it, as ``EvaluateStage.corrupted`` raises it), for every pretraining dataset."""
+    method, seed, scheme = suite.resolved_methods()[0], suite.seeds[0], suite.resolved_schemes()[0]
+    for d in suite.resolved_datasets():
+        target_of(suite, Job("scheme", method, d, seed, scheme)).evaluate(opts, scheme).corrupted(opts)
 
 
 def layers(suite: Suite) -> list[list[Job]]:
@@ -371,6 +381,7 @@ def run_suite(opts: RunOptions, suite: Suite, progress: bool = True,
     One progress bar counts the jobs of the whole grid (done / total, with an ETA).
     """
     t0 = time.time()
+    precheck(opts, suite)
     grid_layers = layers(suite)
     total = sum(len(j) for j in grid_layers)
     bar = tqdm(total=total, desc="suite", unit="job", disable=not progress, dynamic_ncols=True)

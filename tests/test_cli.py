@@ -339,3 +339,27 @@ def test_transfer_run_renders_its_own_table(tmp_path):
     assert (tmp_path / "records" / "smoke" / "digits-synthetic" / "simclr" / "seed0_slf.json").is_file()
     md = invoke("leaderboard", "--results", tmp_path).stdout
     assert "digits → synthetic" in md
+
+
+# ---- checks that fail before anything is written -------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [
+    ["suite", "--methods", "simclr", "--datasets", "cifar10", "--executor", "local"],
+    ["run", "--method", "simclr", "--dataset", "cifar10"],
+])  # fmt: skip
+def test_missing_cifar_c_file_fails_before_any_job(tmp_path, command):
+    """A missing CIFAR-10-C file: one line naming it and its folder, before any stage runs (the
+    suite's pre-check; `acbench run` goes through the same one)."""
+    from tests.test_corruptions import write_cifar_c
+    from tests.test_data import write_cifar10
+
+    data, results = tmp_path / "data", tmp_path / "results"
+    write_cifar10(data, per_batch=240, n_test=64)  # room for the 1,000 validation images
+    folder = write_cifar_c(data)  # gaussian_noise and fog only
+    r = CliRunner().invoke(main, [*command, "--preset", "smoke", "--quiet", "--schemes", "slf", "--attacks",
+                                  "pgd20,corruption", "--data-dir", str(data), "--results", str(results)])
+    assert r.exit_code == 1, r.output
+    (line,) = r.output.strip().splitlines()
+    assert ".npy not found in" in line and str(folder) in line and "Traceback" not in line
+    assert not (results / "runs").exists() and not (results / "records").exists()
