@@ -503,3 +503,19 @@ def test_robustssl_branch_must_exist(tmp_path, acl_encoder):
     with pytest.raises(CheckpointError, match="no BN branch named 'pgd_ce'"):
         run_finetune(acl_encoder, cfg, load_dataset("digits"), tmp_path, CPU, seed=0, train_limit=128,
                      progress=False)  # fmt: skip
+
+
+def test_transfer_to_another_class_count_trains_a_new_head(tmp_path, acl_encoder):
+    """A transfer finetunes a new zero-initialised head sized for the target's classes, as
+    RobustSSL's CIFAR-100 (100 classes) -> STL-10 (10) runs do: a different class count is no
+    error (nothing class-shaped crosses from pretraining to finetuning)."""
+    from benchmark.data import make_synthetic
+
+    five = make_synthetic(n_train=96, n_val=32, n_test=32, num_classes=5, image_size=16)
+    for protocol, pair in (("uniform", ("digits", "synthetic")), ("robustssl", ("cifar100", "stl10"))):
+        cfg = finetune_config(protocol, "acl", "slf", *pair, overrides=PRESETS["smoke"].finetune["slf"])
+        out = tmp_path / protocol
+        run_finetune(acl_encoder, cfg, five, out, CPU, seed=0, train_limit=96, progress=False)
+        clf = load_classifier(out / "classifier.pt")
+        assert clf.fc.out_features == 5 and torch.count_nonzero(clf.fc.weight) > 0
+        assert clf(five.test_x[:4].float() / 255).shape == (4, 5)
