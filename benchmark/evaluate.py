@@ -2,7 +2,8 @@
 
 Attacks come from :func:`attacks.get_attack` with the options their registry entry takes from the
 :class:`EvalConfig` (eps, seed, batch size), so a record's number is exactly what that callable
-gives on ``load_classifier(checkpoint)``, and the settings it ran with are recorded beside it.
+gives on the model handed in (the evaluate stage hands in
+``fold_batchnorm(load_classifier(checkpoint))``), and the settings it ran with are recorded beside it.
 Invariant autoattack <= pgd20 <= clean is checked and a violation is flagged, never hidden.
 A metric such as ``corruption`` (registered with ``metric=True``) is measured on the
 corrupted sets handed in, not by attacking ``x``.

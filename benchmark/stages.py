@@ -21,6 +21,7 @@ from benchmark.devices import resolve_precision, to_layout
 from benchmark.errors import ConfigError
 from benchmark.evaluate import evaluate_classifier
 from benchmark.finetune import run_finetune
+from benchmark.inference import INFERENCE_FORM, fold_batchnorm
 from benchmark.pretrain import PretrainConfig, run_pretrain
 from benchmark.protocols import UNIFORM
 from benchmark.registry import Registry
@@ -157,7 +158,7 @@ class EvaluateStage(Stage):
         # the corruption functions' version only where they run: other evaluations keep their keys
         version = {"corruption": CORRUPTION_VERSION} if "corruption" in self.attacks else {}
         return {"attacks": list(self.attacks), "eval": dataclasses.asdict(self.preset.eval),
-                "dataset": self.finetune.target_dataset, **version}
+                "dataset": self.finetune.target_dataset, "inference": INFERENCE_FORM, **version}
 
     def corrupted(self, opts: RunOptions) -> CorruptedSets | None:
         """The corrupted test sets when ``corruption`` is evaluated (a missing CIFAR-C file: DataError)."""
@@ -177,7 +178,9 @@ class EvaluateStage(Stage):
         data = self.finetune.data(opts)
         device = opts.torch_device()
         n = ev.n_test or len(data.test_x)
-        model = to_layout(load_classifier(run.upstream_dir("finetune") / CLASSIFIER, device), device)
+        # the same function as classifier.pt with its BatchNorms folded into the convolutions
+        classifier = load_classifier(run.upstream_dir("finetune") / CLASSIFIER, device)
+        model = to_layout(fold_batchnorm(classifier), device)
         x = data.test_x[:n].to(device).float() / 255
         y = data.test_y[:n].to(device)
         result = evaluate_classifier(model, x, y, list(self.attacks), ev, progress=opts.progress,

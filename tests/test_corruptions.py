@@ -227,7 +227,7 @@ def test_evaluate_key_unchanged_without_corruption():
         target_dataset = "digits"
 
     plain = EvaluateStage(Up(), ("clean", "pgd20"), PRESETS["smoke"]).config()
-    assert set(plain) == {"attacks", "eval", "dataset"}
+    assert set(plain) == {"attacks", "eval", "dataset", "inference"}
     with_ca = EvaluateStage(Up(), ("clean", "corruption"), PRESETS["smoke"]).config()
     assert with_ca["corruption"] >= 1
 

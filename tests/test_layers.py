@@ -21,7 +21,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
     "blocks": (
         "benchmark", "benchmark.errors", "benchmark.registry", "benchmark.io", "benchmark.data", "benchmark.data_files",
         "benchmark.augment", "benchmark.models", "benchmark.optim", "benchmark.ddp",
-        "benchmark.checkpoints", "benchmark.devices", "benchmark.labels", "benchmark.released", "methods.losses",
+        "benchmark.checkpoints", "benchmark.devices", "benchmark.inference", "benchmark.labels", "benchmark.released", "methods.losses",
         "attacks*",
         "benchmark.corruptions", "benchmark.corruption_ops",
     ),
