@@ -30,7 +30,7 @@ from benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
 from benchmark.models import BackboneConfig, ContrastiveModel
 from benchmark.optim import build_optimizer
 from methods import get_method
-from methods.base import Batch, Method, Recipe
+from methods.base import Batch, EpochContext, Method, Recipe
 
 LAST = "last.pt"
 
@@ -142,8 +142,9 @@ class Training:
             if self.precision == "bf16" else contextlib.nullcontext()
         )
 
-    def step(self, idx: torch.Tensor, epoch: int, i: int, log: EpochLog) -> None:
+    def step(self, idx: torch.Tensor, epoch: int, i: int, log: EpochLog, step: int | None = None) -> None:
         """Step ``i`` of ``epoch`` on the images ``idx``: the method's loss, backward, update, schedule.
+        ``step`` is the global step (default: ``(epoch - 1) * steps_per_epoch + i``, every epoch full).
 
         Under torchrun ``idx`` is the global batch (the same on every rank): this rank takes its
         contiguous slice, and gradients are averaged over ranks after the backward.
@@ -153,7 +154,7 @@ class Training:
             idx = idx[self.rank * b : (self.rank + 1) * b]
         batch = Batch(
             images=self.images[idx].float().div_(255), indices=idx, epoch=epoch, epochs=self.epochs,
-            step=(epoch - 1) * self.steps_per_epoch + i, extras=self.extras,
+            step=(epoch - 1) * self.steps_per_epoch + i if step is None else step, extras=self.extras,
         )
         with self.autocast:
             loss, step_logs = self.method.training_step(self.model, batch)
@@ -164,6 +165,33 @@ class Training:
         self.optimizer.step()
         self.scheduler.step()
         log.add(i, loss, step_logs)
+
+
+def _refresh_lr(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Recompute the learning rate of the next update from the schedule (whose method state may
+    have changed at the epoch's start): ``base_lr * lambda(count)``, as ``scheduler.step()`` sets it."""
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = lrs
+
+
+def _epoch_order(
+    tr: Training, epoch: int, chosen: torch.Tensor | None, generator: torch.Generator
+) -> tuple[torch.Tensor, int]:
+    """(the epoch's shuffled image indices, its number of steps): every image, or the method's choice."""
+    if chosen is None:
+        return torch.randperm(tr.images.shape[0], generator=generator), tr.steps_per_epoch
+    chosen = chosen.detach().to("cpu", torch.int64).flatten()
+    if tr.world > 1:  # every rank trains on rank 0's choice
+        chosen = distributed.broadcast_object(chosen)
+    steps = chosen.numel() // tr.batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"{tr.method.name}: epoch {epoch} trains on {chosen.numel()} images, fewer than one batch of "
+            f"{tr.batch_size}; raise the method's subset size or lower the batch size"
+        )
+    return chosen[torch.randperm(chosen.numel(), generator=generator)], steps
 
 
 def build_training(
@@ -232,7 +260,7 @@ def run_pretrain(
     recipe, precision, n = cfg.recipe, tr.precision, tr.images.shape[0]
     batch_size, steps_per_epoch, total_steps = tr.batch_size, tr.steps_per_epoch, tr.total_steps
 
-    start_epoch, history, elapsed = 1, [], 0.0
+    start_epoch, history, elapsed, subset_before = 1, [], 0.0, False
     last = out_dir / LAST
     if last.exists():
         ck = load_checkpoint(last, kind="pretrain-state")
@@ -248,6 +276,7 @@ def run_pretrain(
         else:  # resumed on another number of processes: a fresh stream per rank
             torch.manual_seed(cfg.seed + 1_000_003 * tr.rank + 7919 * ck["epoch"])
         start_epoch, history, elapsed = ck["epoch"] + 1, ck["history"], ck["elapsed"]
+        subset_before = bool(history) and "images" in history[-1]
 
     bar = tqdm(
         total=total_steps, initial=(start_epoch - 1) * steps_per_epoch, disable=not progress,
@@ -257,11 +286,22 @@ def run_pretrain(
         t0 = time.time()
         model.train()
         logs = method.on_epoch_start(epoch, recipe.epochs)
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        start = scheduler.last_epoch  # updates so far
+        context = EpochContext(model=model, images=tr.images, device=device, batch_size=batch_size,
+                               seed=cfg.seed, step=start, autocast=tr.autocast)
+        chosen = method.epoch_indices(epoch, recipe.epochs, context)
+        model.train()
+        perm, steps = _epoch_order(tr, epoch, chosen, torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        if chosen is not None or subset_before:  # the schedule may follow this epoch's length
+            _refresh_lr(scheduler)
+        if chosen is not None:
+            logs = {**logs, "images": perm.numel(), "steps": steps,
+                    **({"choice": dict(context.logs)} if context.logs else {})}
+        subset_before = chosen is not None
         perm = perm.to(device)
-        log = EpochLog(steps_per_epoch, device)
-        for i in range(steps_per_epoch):
-            tr.step(perm[i * batch_size : (i + 1) * batch_size], epoch, i, log)
+        log = EpochLog(steps, device)
+        for i in range(steps):
+            tr.step(perm[i * batch_size : (i + 1) * batch_size], epoch, i, log, step=start + i)
             bar.update(1)
         if tr.world > 1:  # the global batch's values (mean over equal shards); replicas kept identical
             log.losses = distributed.reduce_mean(log.losses)
@@ -271,10 +311,10 @@ def run_pretrain(
         values = log.losses.cpu()
         bad = (~torch.isfinite(values)).nonzero()
         if len(bad) or not all(torch.isfinite(p).all() for p in model.parameters()):
-            step = int(bad[0]) + 1 if len(bad) else steps_per_epoch
+            step = int(bad[0]) + 1 if len(bad) else steps
             bar.close()
             raise NonFiniteLoss(
-                f"{cfg.method}: non-finite loss or weights at epoch {epoch}, step {step}/{steps_per_epoch}; "
+                f"{cfg.method}: non-finite loss or weights at epoch {epoch}, step {step}/{steps}; "
                 f"stopped, the last good checkpoint ({'epoch ' + str(epoch - 1) if epoch > 1 else 'none'}) "
                 f"is kept in {out_dir}. Lower the learning rate or check the method's parameters."
             )
@@ -282,7 +322,7 @@ def run_pretrain(
         entry = {
             "epoch": epoch, "loss": float(values.mean()), "lr": scheduler.get_last_lr()[0],
             "seconds": round(time.time() - t0, 3),
-            **{k: round(float(v) / steps_per_epoch, 6) for k, v in log.sums.items() if k != "loss"},
+            **{k: round(float(v) / steps, 6) for k, v in log.sums.items() if k != "loss"},
             **logs,
         }
         history.append(entry)
@@ -300,6 +340,11 @@ def run_pretrain(
     bar.close()
 
     final_loss = history[-1]["loss"] if history else math.nan
+    subsets = {}
+    if any("images" in e for e in history):  # epochs on a subset the method chose: the steps that ran, its choices
+        total_steps = sum(e.get("steps", steps_per_epoch) for e in history)
+        subsets = {"subsets": [{"epoch": e["epoch"], "images": e["images"], "steps": e["steps"], **e["choice"]}
+                               for e in history if "choice" in e]}
     if main:
         save_checkpoint(
             out_dir / ENCODER, "encoder",
@@ -311,5 +356,5 @@ def run_pretrain(
         atomic_write_json(out_dir / "history.json", history)
     return {"seconds": elapsed, "final_loss": final_loss, "epochs": recipe.epochs,
             "steps": total_steps, "batch_size": batch_size, "precision": precision,
-            "options": training_options(cfg, device),
+            "options": training_options(cfg, device), **subsets,
             "n_images": n, **({"world_size": tr.world} if tr.world > 1 else {})}

@@ -8,6 +8,7 @@ and logging live once in :mod:`benchmark.pretrain`.
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
@@ -81,6 +82,20 @@ class Batch:
     epochs: int
     step: int  # global step, 0-based
     extras: dict[str, Any] = field(default_factory=dict)  # stage inputs, e.g. pseudo-labels
+
+
+@dataclass
+class EpochContext:
+    """What :meth:`Method.epoch_indices` sees at the start of an epoch (built by the loop)."""
+
+    model: ContrastiveModel  # in train mode; the method restores any mode it changes
+    images: torch.Tensor  # the uint8 pretraining images [N, C, H, W], on the training device
+    device: torch.device
+    batch_size: int  # the training batch (global under torchrun)
+    seed: int  # the run's seed: a method's own random choices derive from it
+    step: int  # optimiser updates done before this epoch (the scheduler's count)
+    autocast: contextlib.AbstractContextManager[Any]  # the training's precision (bf16 autocast or nothing)
+    logs: dict[str, float] = field(default_factory=dict)  # the method's values for this epoch's history entry
 
 
 @dataclass(frozen=True)
@@ -252,6 +267,19 @@ class Method(abc.ABC):
     def on_epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
         """Per-epoch hook; returns values to log (e.g. an adaptive weight)."""
         return {}
+
+    def epoch_indices(self, epoch: int, epochs: int, context: EpochContext) -> torch.Tensor | None:
+        """The pretraining images (a 1-d tensor of indices into ``context.images``) that ``epoch``
+        trains on; None: all of them (the default). Called after :meth:`on_epoch_start`, before the
+        epoch's first step. The loop shuffles the indices with the epoch's seeded permutation, runs
+        ``len // batch_size`` steps (the last partial batch dropped, as for the full set) and
+        refreshes the learning rate of the epoch's first update after the call (a method whose
+        schedule follows the epoch's length updates the state its :meth:`lr_lambda` reads here).
+        Values put in ``context.logs`` go into the epoch's history entry and, with the epoch and
+        the number of images, into the summary's ``subsets`` (RCS: its coreset selections). A
+        method that draws random numbers here draws them from generators seeded from
+        ``context.seed`` so that a run (and a resumed run) is reproducible."""
+        return None
 
     @abc.abstractmethod
     def training_step(self, model: ContrastiveModel, batch: Batch) -> tuple[torch.Tensor, Logs]:

@@ -44,12 +44,16 @@ FORMULAS = {
     # DeACL: attack K student forwards + K input-only backwards; loss: one forward of [x; x_adv] and its
     # backward (the frozen teacher's forward runs on another module: not counted by the stem counter)
     "deacl": lambda k: {"forward": k + 2, "input_backward": k, "weight_backward": 2},
+    # RCS: ACL's step on the coreset (the selection's passes, per pool image 2K + 4 forwards and 2K input
+    # backwards, are counted apart in tests/test_rcs.py)
+    "rcs": lambda k: {"forward": 2 * k + 4, "input_backward": 2 * k, "weight_backward": 4},
 }
 FAMILY = {
     "acl": "acl", "simclr": "simclr",
     "rocl": "rocl", "rocl-ip": "rocl", "rocl-hn": "rocl", "rocl-iphn": "rocl",
     "advcl": "advcl", "advcl-hn": "advcl", "advcl-ip": "advcl-adaptive", "advcl-iphn": "advcl-adaptive",
     "dynacl": "dynacl", "acl-air": "air", "dynacl-air": "air", "deacl": "deacl", "deacl-teacher": "simclr",
+    "dynacl-rcs": "rcs", "acl-rcs": "rcs",
 }
 
 
