@@ -1,9 +1,13 @@
 """One scheme of one method end to end, and the record it leaves:
 
-    pretrain (method, dataset, seed) -> finetune (scheme) -> evaluate (attacks) -> Record
+    pretrain (method, dataset, seed) [-> lpaft] -> finetune (scheme) -> evaluate (attacks) -> Record
 
 :func:`run_scheme` is what ``acbench run``, the suite and every executor call; the stages are
-:mod:`benchmark.stages`, run once each by :func:`benchmark.stage.run_once`.
+:mod:`benchmark.stages`, run once each by :func:`benchmark.stage.run_once`. A ++ method (DynACL++,
+AIR++: :mod:`methods.plusplus`) finetunes the encoder of its post-processing stage
+(:mod:`benchmark.postprocess`), made from its base method's pretraining, which it shares with that
+method's own runs. ``--force`` on a ++ method rebuilds its post-processing stage and what follows,
+not the shared base pretraining (force the base method for that).
 """
 
 from __future__ import annotations
@@ -25,13 +29,22 @@ from benchmark.config import Preset, get_preset, recipe_deviations
 from benchmark.errors import ConfigError
 from benchmark.imports import ImportStage
 from benchmark.io import atomic_write_json
+from benchmark.postprocess import KIND as POST_KIND
+from benchmark.postprocess import PostProcessStage
 from benchmark.protocols import ROBUSTSSL, UNIFORM, check_protocol, protocol_flags, robustssl_family
 from benchmark.records import RECIPE_DEVIATION, Flag, Record
-from benchmark.stage import RunOptions, Session, key_of, run_once
+from benchmark.stage import RunOptions, Session, Stage, key_of, run_once
 from benchmark.stages import EvaluateStage, FinetuneStage, PretrainStage
-from methods import get_method
+from methods import get_method, method_class
+from methods.plusplus import is_post_processed
 
-METHOD_STAGES = frozenset({"pretrain", "finetune", "evaluate"})  # what --force rebuilds
+METHOD_STAGES = frozenset({"pretrain", POST_KIND, "finetune", "evaluate"})  # what --force rebuilds
+
+
+def base_method(method: str) -> str:
+    """The method whose pretraining ``method`` finetunes: a ++ method's base, else itself."""
+    cls = method_class(method)
+    return cls.base_method if is_post_processed(cls) else method
 
 
 @dataclass(frozen=True)
@@ -62,14 +75,23 @@ class Target:
         attacks = (check_attack_spec(a) for a in ("clean", *self.attacks))  # canonical names: one key each
         object.__setattr__(self, "attacks", tuple(dict.fromkeys(attacks)))
 
-    def pretrain(self, opts: RunOptions) -> PretrainStage | ImportStage:
+    def pretrain(self, opts: RunOptions) -> Stage:
+        """The stage that leaves the encoder this run finetunes: the method's pretraining (or an
+        imported checkpoint); for a ++ method, its post-processing of the base method's pretraining
+        (or of an imported base-method checkpoint; an imported ++ checkpoint is used as it is)."""
+        base = base_method(self.method)
         if self.pretrained:
             stage = ImportStage.stored(opts.store, self.pretrained)
-            if (stage.method, stage.dataset) != (self.method, self.dataset):
+            if stage.dataset == self.dataset and stage.method == self.method:
+                return stage
+            if (stage.method, stage.dataset) != (base, self.dataset) or base == self.method:
                 raise ConfigError(f"imported checkpoint {self.pretrained} is {stage.method} on {stage.dataset}, "
                                   f"not {self.method} on {self.dataset}")
+        else:
+            stage = PretrainStage(opts, base, dict(self.params), self.preset, self.dataset, self.seed)
+        if base == self.method:
             return stage
-        return PretrainStage(opts, self.method, dict(self.params), self.preset, self.dataset, self.seed)
+        return PostProcessStage(stage, opts, self.method, self.preset, self.dataset, self.seed)
 
     def finetune(self, opts: RunOptions, scheme: str) -> FinetuneStage:
         transfer = self.finetune_dataset if self.finetune_dataset != self.dataset else ""
@@ -95,24 +117,42 @@ def session_for(opts: RunOptions, kinds: frozenset[str] = METHOD_STAGES) -> Sess
     return Session(force=kinds if opts.force else frozenset())
 
 
+def target_session(target: Target, session: Session) -> Session:
+    """``session`` for ``target``'s stages: for a ++ method, forcing "pretrain" rebuilds its
+    post-processing stage instead of the base pretraining it shares with the base method."""
+    if base_method(target.method) == target.method or "pretrain" not in session.force:
+        return session
+    return Session(force=(session.force - {"pretrain"}) | {POST_KIND}, settled=session.settled)
+
+
 def run_pretrain_stage(opts: RunOptions, target: Target, session: Session | None = None) -> str:
-    return run_once(target.pretrain(opts), opts, session or session_for(opts))
+    return run_once(target.pretrain(opts), opts, target_session(target, session or session_for(opts)))
+
+
+def stage_keys(opts: RunOptions, stage: EvaluateStage, evaluated: str) -> dict[str, str]:
+    """The record's stage keys (a ++ method: "pretrain" is the base pretraining, "lpaft" its post-processing)."""
+    pre = stage.finetune.pretrain
+    keys = {"pretrain": key_of(pre, opts)}
+    if isinstance(pre, PostProcessStage):
+        keys = {"pretrain": key_of(pre.base, opts), POST_KIND: keys["pretrain"]}
+    return {**keys, "finetune": key_of(stage.finetune, opts), "evaluate": evaluated}
 
 
 def run_scheme(opts: RunOptions, target: Target, scheme: str, session: Session | None = None) -> Record:
     """Pretrain (if needed), finetune under ``scheme``, evaluate; write and return the record."""
-    session = session or session_for(opts)
+    session = target_session(target, session or session_for(opts))
     stage = target.evaluate(opts, scheme)
     stage.corrupted(opts)  # a missing CIFAR-C file fails here, before any stage runs
     evaluated = run_once(stage, opts, session)
-    keys = {"pretrain": key_of(stage.finetune.pretrain, opts), "finetune": key_of(stage.finetune, opts),
-            "evaluate": evaluated}
-    return write_record(opts, make_record(opts, target, scheme, keys))
+    return write_record(opts, make_record(opts, target, scheme, stage_keys(opts, stage, evaluated)))
 
 
 def make_record(opts: RunOptions, target: Target, scheme: str, keys: dict[str, str]) -> Record:
     store, preset = opts.store, target.preset
     pre_stage = target.pretrain(opts)
+    post = pre_stage if isinstance(pre_stage, PostProcessStage) else None
+    if post is not None:
+        pre_stage = post.base
     pre = store.done_info(pre_stage.kind, keys["pretrain"])
     fin = store.done_info("finetune", keys["finetune"])
     ev = store.done_info("evaluate", keys["evaluate"])
@@ -122,6 +162,8 @@ def make_record(opts: RunOptions, target: Target, scheme: str, keys: dict[str, s
     paper = m.paper_recipe(target.dataset)
     recipe = pre_stage.pretrain_config().recipe if pretrained_here else paper
     deviations = recipe_deviations(recipe, paper) + (preset.deviations() if pretrained_here else [])
+    deviations += post.deviations() if post is not None else []
+    post_cost = {"postprocess_s": round(store.done_info(POST_KIND, keys[POST_KIND])["seconds"], 2)} if post else {}
     metrics = {k: ev["metrics"].get(k) for k in ("clean", "pgd20", "autoattack")}
     metrics.update({k: v for k, v in ev["metrics"].items() if k not in metrics})
     flags = [Flag.from_json(f) for f in ev["flags"]]
@@ -161,7 +203,7 @@ def make_record(opts: RunOptions, target: Target, scheme: str, keys: dict[str, s
         released=released,
         stages=dict(keys),
         checkpoint=f"runs/finetune/{keys['finetune']}/{CLASSIFIER}",
-        cost={"pretrain_s": round(pre["seconds"], 2), "finetune_s": round(fin["seconds"], 2),
+        cost={"pretrain_s": round(pre["seconds"], 2), "finetune_s": round(fin["seconds"], 2), **post_cost,
               "eval_s": round(ev["seconds"], 2), "device": opts.torch_device().type},
         versions=versions(),
         created=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -40,7 +40,7 @@ def _check_method(cls: Any) -> None:
 METHODS: Registry[type[Method]] = Registry(
     "method",
     builtins=("methods.simclr", "methods.acl", "methods.rocl", "methods.advcl", "methods.deacl",
-              "methods.dynacl", "methods.air", "methods.rcs"),
+              "methods.dynacl", "methods.air", "methods.plusplus", "methods.rcs"),
     entry_points="acbench.methods",
     check=_check_method,
 )

@@ -24,6 +24,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "benchmark.checkpoints", "benchmark.devices", "benchmark.inference", "benchmark.labels", "benchmark.released", "methods.losses",
         "attacks*",
         "benchmark.corruptions", "benchmark.corruption_ops",
+        "benchmark.kmeans",
     ),
     "methods": ("methods", "methods.*"),
     "pipeline": (
@@ -31,6 +32,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "benchmark.pretrain", "benchmark.store", "benchmark.stage", "benchmark.stages", "benchmark.records",
         "benchmark.pipeline", "benchmark.pseudolabels", "benchmark.protocols", "benchmark.imports",
         "benchmark.teacher",
+        "benchmark.postprocess",
     ),
     "runners": ("benchmark.suite", "benchmark.distributed"),
     "reports": ("benchmark.leaderboard", "benchmark.leaderboard_types", "benchmark.leaderboard_reported",
