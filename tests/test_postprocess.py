@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from benchmark.checkpoints import ENCODER, load_encoder
 from benchmark.cli import main
 from benchmark.config import get_preset
-from benchmark.io import load_checkpoint
+from benchmark.io import CheckpointError, load_checkpoint, save_checkpoint
 from benchmark.kmeans import initial_indices, kmeans
 from benchmark.models import BackboneConfig, ResNet, classifier_from_encoder, load_strict
 from benchmark.perf_measure import PassCounter
@@ -348,3 +348,20 @@ def test_cli_smoke_run(tmp_path):
         assert any(d.startswith("lp-aft aft_epochs") for d in rec["recipe_deviations"])
     assert len({rec["stages"]["lpaft"] for rec in records}) == 1
     assert Path(tmp_path, "runs", "lpaft", records[0]["stages"]["lpaft"], ENCODER).exists()
+
+
+def test_a_base_encoder_without_both_branches_is_a_one_line_error(tmp_path):
+    """prepare() (run before anything is written) names the file and the missing branch."""
+    opts = RunOptions(results=tmp_path, progress=False)
+    stage = Target("dynacl++", preset="smoke").pretrain(opts)
+    base_key = key_of(stage.base, opts)
+    cfg = BackboneConfig("resnet10-tiny", 1)
+    enc = ResNet(cfg, branches=("normal",))
+    path = opts.store.dir("pretrain", base_key) / ENCODER
+    path.parent.mkdir(parents=True)
+    save_checkpoint(path, "encoder", {"method": "dynacl", "backbone": cfg.to_dict(), "branches": ["normal"],
+                                      "finetune_branch": "normal",
+                                      "state_dict": {f"encoder.{k}": v for k, v in enc.state_dict().items()}})
+    with pytest.raises(CheckpointError, match=r"encoder\.pt: dual-BN finetuning needs BN branches 'normal' and 'pgd'"):
+        stage.prepare(opts, {"pretrain": base_key})
+    assert not (tmp_path / "runs" / "lpaft").exists()
