@@ -6,21 +6,17 @@ A suite is a grid (method x dataset x seed x scheme x attack). Its jobs come in 
    shared through the run store);
 2. one job per (method, dataset, seed, scheme): finetune, evaluate, write the record.
 
-The same job functions run under every executor: ``local`` (in this process, in order), ``pool``
-(N worker processes), ``submitit-local`` (submitit's local executor, used by the tests) and
+The same job functions run under every executor (:mod:`benchmark.executors`): ``local`` (in this
+process, in order), ``pool`` (N worker processes, a scheme job starting as soon as its own
+pretraining is done), ``submitit-local`` (submitit's local executor, used by the tests) and
 ``slurm`` (submitit job arrays, one per layer). Stages already in the run store are skipped; a
 failed job is reported with its log and the rest of the grid goes on.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import dataclasses
-import functools
-import multiprocessing as mp
-import os
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -34,6 +30,7 @@ from attacks import check_attack_spec
 from benchmark.config import PRESETS, get_preset
 from benchmark.data import DATASETS
 from benchmark.errors import AcbenchError, ConfigError, did_you_mean
+from benchmark.executors import EXECUTOR_NAMES, run_grid
 from benchmark.pipeline import Target, record_path, run_pretrain_stage, run_scheme, session_for
 from benchmark.protocols import METHOD_FAMILY, PROTOCOLS, ROBUSTSSL, UNIFORM
 from benchmark.records import Record
@@ -46,8 +43,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-Report = Callable[[dict[str, Any]], None]
-EXECUTOR_NAMES = ("local", "pool", "submitit-local", "slurm")
 
 
 class SuiteError(ConfigError):
@@ -274,12 +269,11 @@ def run_method(opts: RunOptions, target: Target, schemes: Sequence[str], jobs: i
     precheck(opts, suite)
     results: dict[str, dict] = {}
     grid = layers(suite)
-    for layer in grid:
-        EXECUTORS[suite.executor](opts, suite, layer, lambda r: results.__setitem__(r["job"], r))
-        for job in layer:
-            r = results[job.name]
-            if not r["ok"]:
-                raise JobFailed(f"{r['job']} failed: {r['error']}")
+    run_grid(opts, suite, grid, run_job, lambda r: results.__setitem__(r["job"], r))
+    for job in grid[0] + grid[1]:
+        r = results[job.name]
+        if not r["ok"]:
+            raise JobFailed(f"{r['job']} failed: {r['error']}")
     by_scheme = {j.scheme: j for j in grid[1]}
     return [Record.load(Path(results[by_scheme[sc].name]["record"])) for sc in schemes]
 
@@ -306,74 +300,6 @@ def layers(suite: Suite) -> list[list[Job]]:
     return [pretrain, schemes]
 
 
-# ---- executors: each runs a list of jobs and reports every result ------------------------------
-
-
-def _local(opts: RunOptions, suite: Suite, jobs: list[Job], report: Report) -> None:
-    for job in jobs:
-        report(run_job(opts, suite, job))
-
-
-def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
-    """Pool worker initializer: exit when the parent process is gone (killed by SIGKILL, say).
-
-    Otherwise the workers of a killed ``acbench`` wait forever on a queue whose write end they
-    hold themselves, each keeping its memory.
-    """
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(every_s)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="acbench-parent-watch", daemon=True).start()
-
-
-def _pool(opts: RunOptions, suite: Suite, jobs: list[Job], report: Report) -> None:
-    ctx = mp.get_context("spawn")  # fork after torch has started threads can deadlock
-    quiet = dataclasses.replace(opts, progress=False)  # one overall bar, not one per worker
-    with cf.ProcessPoolExecutor(max_workers=suite.jobs, mp_context=ctx, initializer=_exit_with_parent,
-                                initargs=(os.getpid(),)) as pool:
-        futures = [pool.submit(run_job, quiet, suite, job) for job in jobs]
-        for fut in cf.as_completed(futures):
-            report(fut.result())
-
-
-def _submitit(opts: RunOptions, suite: Suite, jobs: list[Job], report: Report, cluster: str = "local") -> None:
-    import submitit  # only the submitit executors need it
-
-    folder = Path(opts.results) / "runs" / "_submitit" / "%j"
-    ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    if cluster == "slurm":
-        s = suite.slurm
-        ex.update_parameters(
-            timeout_min=s.time_min, gpus_per_node=s.gpus_per_job, cpus_per_task=s.cpus_per_job,
-            mem_gb=s.mem_gb, slurm_array_parallelism=s.array_parallelism,
-            **({"slurm_partition": s.partition} if s.partition else {}),
-        )
-    else:
-        ex.update_parameters(timeout_min=suite.slurm.time_min)
-    n = len(jobs)
-    opts = dataclasses.replace(opts, progress=False)  # logs go to files: no progress bars
-    handles = ex.map_array(run_job, [opts] * n, [suite] * n, jobs)  # one job array per layer
-    for job, handle in zip(jobs, handles):
-        try:
-            result = handle.result()
-        except Exception as e:  # the job itself died (killed, out of memory, ...)
-            result = {"ok": False, "job": job.name, "error": f"{type(e).__name__}: {e}"}
-        if not result["ok"]:
-            result["log"] = str(handle.paths.stderr)
-        report(result)
-
-
-EXECUTORS: dict[str, Callable[[RunOptions, Suite, list[Job], Report], None]] = {
-    "local": _local,
-    "pool": _pool,
-    "submitit-local": _submitit,
-    "slurm": functools.partial(_submitit, cluster="slurm"),
-}
-
-
 def run_suite(opts: RunOptions, suite: Suite, progress: bool = True,
               echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every missing stage of the suite's grid. Returns a summary (jobs, failures, seconds).
@@ -386,7 +312,6 @@ def run_suite(opts: RunOptions, suite: Suite, progress: bool = True,
     total = sum(len(j) for j in grid_layers)
     bar = tqdm(total=total, desc="suite", unit="job", disable=not progress, dynamic_ncols=True)
     results: list[dict[str, Any]] = []
-    failed_pretrain: set[tuple[str, str, int]] = set()
 
     def report(r: dict[str, Any]) -> None:
         results.append(r)
@@ -397,20 +322,7 @@ def run_suite(opts: RunOptions, suite: Suite, progress: bool = True,
             line += f": {r['error']}" + (f" [log: {r['log']}]" if r.get("log") else "")
         tqdm.write(line) if progress else echo(line)
 
-    for i, jobs in enumerate(grid_layers):
-        if i == 1:  # skip schemes whose pretraining failed
-            for j in jobs:
-                if (j.method, j.dataset, j.seed) in failed_pretrain:
-                    report({"ok": False, "job": j.name, "seconds": 0.0, "error": "skipped: its pretraining failed"})
-            jobs = [j for j in jobs if (j.method, j.dataset, j.seed) not in failed_pretrain]
-        before = len(results)
-        EXECUTORS[suite.executor](opts, suite, jobs, report)
-        if i == 0:
-            names = {j.name: j for j in jobs}
-            for r in results[before:]:
-                if not r["ok"]:
-                    j = names[r["job"]]
-                    failed_pretrain.add((j.method, j.dataset, j.seed))
+    run_grid(opts, suite, grid_layers, run_job, report)
     bar.close()
     failures = [r for r in results if not r["ok"]]
     return {"seconds": time.time() - t0, "jobs": len(results), "failed": len(failures), "failures": failures}

@@ -34,7 +34,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "benchmark.teacher",
         "benchmark.postprocess",
     ),
-    "runners": ("benchmark.suite", "benchmark.distributed"),
+    "runners": ("benchmark.suite", "benchmark.executors", "benchmark.distributed"),
     "reports": ("benchmark.leaderboard", "benchmark.leaderboard_types", "benchmark.leaderboard_reported",
                 "benchmark.render", "benchmark.report", "benchmark.perf", "benchmark.perf_measure"),
     "cli": ("benchmark.cli", "benchmark.cli_common"),
