@@ -92,9 +92,10 @@ def pretrain(target: Target, opts: RunOptions, as_json: bool) -> None:
             return
     else:
         key = run_pretrain_stage(opts, target)
-    d = opts.store.dir("pretrain", key)
-    info = {"stage": "pretrain", "key": key, "dir": str(d), "checkpoint": str(d / "encoder.pt"),
-            **opts.store.done_info("pretrain", key)}
+    kind = target.pretrain(opts).kind  # "pretrain"; a ++ method's post-processing stage ("lpaft")
+    d = opts.store.dir(kind, key)
+    info = {"stage": kind, "key": key, "dir": str(d), "checkpoint": str(d / "encoder.pt"),
+            **opts.store.done_info(kind, key)}
     emit(info, as_json, f"pretrained {target.method} ({target.preset.name}, {target.dataset}, seed {target.seed}): "
          f"{d / 'encoder.pt'}")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from benchmark.ddp import barrier, broadcast_object, device, is_main, local_only, on_main
-from benchmark.pipeline import METHOD_STAGES, Target
+from benchmark.pipeline import METHOD_STAGES, Target, target_session
 from benchmark.stage import (
     RunOptions,
     Session,
@@ -66,5 +66,17 @@ def run_collective(stage: Stage, opts: RunOptions, session: Session) -> str:
 def pretrain(opts: RunOptions, target: Target) -> str:
     """The pretrain stage of ``target`` on every rank of a torchrun job."""
     opts = dataclasses.replace(opts, device=str(device()))  # this rank's GPU, not "auto"
-    session = Session(force=METHOD_STAGES if opts.force else frozenset())
-    return run_collective(target.pretrain(opts), opts, session)
+    session = target_session(target, Session(force=METHOD_STAGES if opts.force else frozenset()))
+    stage = target.pretrain(opts)
+    if stage.collective:
+        return run_collective(stage, opts, session)
+    # a ++ method: the base pretraining on every rank, then its post-processing on the main rank
+    for up in stage.upstream().values():
+        if up.collective:
+            run_collective(up, opts, session)
+
+    def post() -> str:
+        with local_only():
+            return run_once(stage, opts, session)
+
+    return on_main(post)

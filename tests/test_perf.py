@@ -54,6 +54,8 @@ FAMILY = {
     "advcl": "advcl", "advcl-hn": "advcl", "advcl-ip": "advcl-adaptive", "advcl-iphn": "advcl-adaptive",
     "dynacl": "dynacl", "acl-air": "air", "dynacl-air": "air", "deacl": "deacl", "deacl-teacher": "simclr",
     "dynacl-rcs": "rcs", "acl-rcs": "rcs",
+    # a ++ method's pretraining step is its base method's (the LP-AFT stage: tests/test_postprocess.py)
+    "dynacl++": "dynacl", "dynacl-air++": "air", "acl-air++": "air",
 }
 
 

@@ -348,6 +348,12 @@ def test_cli_smoke_run(tmp_path):
         assert any(d.startswith("lp-aft aft_epochs") for d in rec["recipe_deviations"])
     assert len({rec["stages"]["lpaft"] for rec in records}) == 1
     assert Path(tmp_path, "runs", "lpaft", records[0]["stages"]["lpaft"], ENCODER).exists()
+    # `acbench pretrain` of a ++ method names the post-processing stage's encoder (cached now)
+    r = CliRunner().invoke(main, ["pretrain", "--method", "dynacl++", "--preset", "smoke", "--quiet", "--json",
+                                  "--results", str(tmp_path)], catch_exceptions=False)
+    info = json.loads(r.stdout)
+    assert (info["stage"], info["key"]) == ("lpaft", records[0]["stages"]["lpaft"])
+    assert Path(info["checkpoint"]) == Path(tmp_path, "runs", "lpaft", info["key"], ENCODER)
 
 
 def test_a_base_encoder_without_both_branches_is_a_one_line_error(tmp_path):
