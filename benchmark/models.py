@@ -21,14 +21,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.errors import AcbenchError, check_choice, unknown
+from benchmark.errors import AcbenchError, ConfigError, check_choice, unknown
 
 
 @dataclass(frozen=True)
 class Architecture:
     """A backbone's shape: BasicBlocks per stage, width of the first stage, and stem.
 
-    ``stem="cifar"``: 3x3 stride-1 convolution, no max-pool (32 px images keep their resolution).
+    ``stem="cifar"``: 3x3 stride-1 convolution, no max-pool (32 px images keep their resolution;
+    ``BackboneConfig.stem_padding`` 2 is DeACL's solo-learn stem, 32 -> 34 px).
     ``stem="imagenet"``: 7x7 stride-2 convolution (padding 3) then 3x3 stride-2 max-pool (padding
     1), the torchvision ResNet stem, which the STL-10 releases use at 96 px (96 -> 48 -> 24).
     """
@@ -62,17 +63,26 @@ class BackboneConfig:
     in_channels: int = 3
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    # the CIFAR stem's 3x3 convolution padding: 1 keeps the resolution; DeACL's solo-learn ResNet
+    # (vturrisi/solo-learn @f4a3279, and pantheon5100/DeACL) uses 2 (32 -> 34 px)
+    stem_padding: int = 1
 
     def __post_init__(self) -> None:
         if self.name not in BACKBONES:
             raise unknown("backbone", self.name, sorted(BACKBONES))
+        if self.stem_padding != 1 and (BACKBONES[self.name].stem != "cifar" or self.stem_padding < 0):
+            raise ConfigError(f"stem_padding {self.stem_padding}: only the CIFAR stem's padding can change "
+                              f"(to 0 or more); {self.name} has the {BACKBONES[self.name].stem} stem")
 
     @property
     def feature_dim(self) -> int:
         return BACKBONES[self.name].width * 8
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.stem_padding == 1:  # the default is left out: checkpoints of every other backbone unchanged
+            del d["stem_padding"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> BackboneConfig:
@@ -81,6 +91,7 @@ class BackboneConfig:
             in_channels=int(d["in_channels"]),
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
+            stem_padding=int(d.get("stem_padding", 1)),
         )
 
 
@@ -170,7 +181,7 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(config.in_channels, width, 7, 2, 3, bias=False)
             self.maxpool: nn.Module | None = nn.MaxPool2d(3, 2, 1)
         else:
-            self.conv1 = nn.Conv2d(config.in_channels, width, 3, 1, 1, bias=False)
+            self.conv1 = nn.Conv2d(config.in_channels, width, 3, 1, config.stem_padding, bias=False)
             self.maxpool = None
         self.bn1 = make_norm(width, branches)
         layers: list[nn.Module] = []

@@ -55,7 +55,16 @@ class LARS(Optimizer):
 
     ``exclude_bias_and_bn=True`` (not used by ACL or RoCL; the SimCLR/BYOL convention) skips both
     weight decay and the trust scaling for parameters with ``ndim <= 1`` (biases, BN affine
-    parameters): they get a plain momentum-SGD update. Every option is also a per-group setting.
+    parameters): they get a plain momentum-SGD update. ``clip_lr=True`` caps the trust ratio at
+    the learning rate, ``trust <- min(trust / lr, 1)``, so that a layer's step is ``lr * min(trust,
+    lr) / lr`` of its gradient, never above plain SGD's. Every option is also a per-group setting.
+
+    * solo-learn @f4a3279 (``solo/utils/lars.py``, PyTorch Lightning's ``LARSWrapper`` over
+      ``SGD(momentum=0.9)``; DeACL's teacher, ``--lars --grad_clip_lars --eta_lars 0.02
+      --exclude_bias_n_norm``): ``LARS(params, lr, momentum=0.9, weight_decay=wd, eta=0.02,
+      eps=1e-8, exclude_bias_and_bn=True, lr_in_momentum=False, clip_lr=True)``. (The wrapper
+      leaves a layer whose gradient is exactly zero without weight decay; here it gets
+      ``wd * w``.)
 
     Args:
         params: parameters or parameter groups.
@@ -66,6 +75,7 @@ class LARS(Optimizer):
         eps: ``>= 0`` added to the trust-ratio denominator (torchlars ``eps``).
         exclude_bias_and_bn: see above.
         lr_in_momentum: see above; ``True`` follows ACL, ``False`` torchlars/SGD.
+        clip_lr: see above (solo-learn's ``grad_clip_lars``).
 
     Example:
         >>> model = torch.nn.Linear(4, 2)
@@ -84,6 +94,7 @@ class LARS(Optimizer):
         eps: float = 0.0,
         exclude_bias_and_bn: bool = False,
         lr_in_momentum: bool = True,
+        clip_lr: bool = False,
     ) -> None:
         if not (lr >= 0.0 and math.isfinite(lr)):
             raise ValueError(f"LARS: invalid learning rate {lr!r} (need a finite value >= 0)")
@@ -103,6 +114,7 @@ class LARS(Optimizer):
             eps=eps,
             exclude_bias_and_bn=bool(exclude_bias_and_bn),
             lr_in_momentum=bool(lr_in_momentum),
+            clip_lr=bool(clip_lr),
         )
         super().__init__(params, defaults)
 
@@ -132,6 +144,7 @@ class LARS(Optimizer):
             eps = group["eps"]
             exclude = group["exclude_bias_and_bn"]
             lr_in_momentum = group["lr_in_momentum"]
+            clip = group.get("clip_lr", False)  # optimiser states saved before the option: off
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -142,6 +155,8 @@ class LARS(Optimizer):
                     d = g.clone()
                 else:
                     trust = self.trust_ratio(p, g, wd, eta, eps).to(p.dtype)
+                    if clip and lr > 0:  # solo-learn: min(new_lr / lr, 1) (at lr 0 nothing moves)
+                        trust = torch.clamp(trust / lr, max=1.0)
                     d = g.add(p, alpha=wd) if wd != 0 else g.clone()
                     d.mul_(trust)
                 if lr_in_momentum:
@@ -249,7 +264,7 @@ def build_optimizer(
 
     * ``"sgd"``: :class:`torch.optim.SGD` (``kw``: ``nesterov``, ``dampening``, ...).
     * ``"lars"``: :class:`LARS` (``kw``: ``eta``, ``eps``, ``exclude_bias_and_bn``,
-      ``lr_in_momentum``).
+      ``lr_in_momentum``, ``clip_lr``).
     * ``"adam"``: :class:`torch.optim.Adam` with ``betas=(momentum, 0.999)`` unless ``betas`` is
       given in ``kw``; ``weight_decay`` is Adam's L2 term.
 

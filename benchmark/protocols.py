@@ -385,6 +385,11 @@ def protocol_flags(
             "ImageNet input normalisation; acbench starts both BN branches from the encoder's "
             "and keeps its normalisation"
         )
+    if family == "DeACL":  # V/models/resnet.py:147 vs DeACL's solo-learn stem (WAVE2 section 4, quirk 2)
+        messages.append(
+            "release finetunes DeACL's padding-2 stem encoder in a padding-1 ResNet (weights load, "
+            "features differ); acbench keeps the stem it was pretrained with (deacl's stem_padding)"
+        )
     if selection != "last":  # V/utils.py:727-762
         messages.append(
             f"{selection}-split epoch selection (release: the last epoch; with "

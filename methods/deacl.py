@@ -6,7 +6,7 @@ Two stages, as released (pantheon5100/DeACL; WAVE2.md section 4):
    ``bash_files/pretrain/cifar/simclr.sh``): NT-Xent at tau 0.2, projector
    feature -> 4 x feature -> 256 (512-2048-256 on ResNet-18) without BN, RandomResizedCrop
    (0.08, 1) bicubic, ColorJitter (0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale p 0.2, flip, LARS
-   (eta 0.02, biases and BN excluded), lr 0.4, wd 1e-5, 1000 epochs. The pipeline's ``teacher``
+   (eta 0.02, clipped at the lr, biases and BN excluded), lr 0.4, wd 1e-5, 1000 epochs. The pipeline's ``teacher``
    stage (:mod:`benchmark.teacher`) pretrains it, or reads ``teacher_file``, and hands its backbone
    to ``deacl`` in ``extras["teacher"]``.
 2. ``deacl``: the student, initialised from the teacher's backbone, trained on one weak view x
@@ -27,7 +27,8 @@ Two stages, as released (pantheon5100/DeACL; WAVE2.md section 4):
    the gradient, whose sign is taken.
 
 Both stages step solo-learn's warm-up cosine once per epoch, as released
-(:func:`solo_warmup_cosine_lambda`). Named forms other than the release's:
+(:func:`solo_warmup_cosine_lambda`), and build solo-learn's CIFAR stem, conv1 3x3 stride 1 padding 2
+(``stem_padding=1``: acbench's other methods' stem, and the one RobustSSL finetunes DeACL in). Named forms other than the release's:
 ``random_start="clipped"`` clips the attack's start to [0, 1] (acbench's PGD);
 ``student_init="scratch"`` (the release's ``--student_scratch``) starts the student from random
 weights; ``lr_schedule="iteration"`` uses acbench's per-iteration schedule.
@@ -35,6 +36,7 @@ weights; ``lr_schedule="iteration"`` uses acbench's per-iteration schedule.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,7 +49,14 @@ from torch import nn
 from attacks import eval_mode
 from benchmark.devices import to_layout
 from benchmark.errors import ConfigError, check_choice
-from benchmark.models import BackboneConfig, ContrastiveModel, MLPHead, ResNet, load_strict
+from benchmark.models import (
+    BACKBONES,
+    BackboneConfig,
+    ContrastiveModel,
+    MLPHead,
+    ResNet,
+    load_strict,
+)
 from methods import register_method
 from methods.base import AdversarialParams, Batch, ContrastiveParams, Logs, Method, Recipe
 from methods.losses import info_nce
@@ -126,10 +135,18 @@ def solo_warmup_cosine_lambda(
     return factor
 
 
-class _SoloSchedule:
-    """``lr_schedule="released"``: solo-learn's per-epoch warm-up cosine; "iteration": acbench's."""
+class _SoloLearn:
+    """What both stages take from solo-learn: ``lr_schedule="released"``, its per-epoch warm-up
+    cosine ("iteration": acbench's); ``stem_padding``, its CIFAR ResNet's conv1 padding (released:
+    2, ``solo/methods/base_for_adversarial_training.py:230-234,901-905``; 1: acbench's other methods,
+    and the padding-1 ResNet into which RobustSSL loads DeACL, ``V/models/resnet.py:147``)."""
 
     params: Any
+
+    def build_model(self, backbone: BackboneConfig) -> ContrastiveModel:
+        if BACKBONES[backbone.name].stem == "cifar":  # the ImageNet stem (STL-10 at 96 px) has its own
+            backbone = dataclasses.replace(backbone, stem_padding=self.params.stem_padding)
+        return super().build_model(backbone)  # type: ignore[misc]
 
     def lr_lambda(self, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
         if self.params.lr_schedule == "iteration":
@@ -180,7 +197,7 @@ def stand_in_teacher(backbone: BackboneConfig, seed: int = 0) -> dict[str, Any]:
 
 
 @register_method("deacl-teacher")
-class DeACLTeacher(_SoloSchedule, Method):
+class DeACLTeacher(_SoloLearn, Method):
     paper = "Zhang et al., ECCV 2022 (teacher: SimCLR as solo-learn trains it)"
     summary = "DeACL's stage 1: SimCLR, tau 0.2, 512-2048-256 projector, strong jitter, LARS; no attack"
     branches = ("normal",)
@@ -193,12 +210,15 @@ class DeACLTeacher(_SoloSchedule, Method):
         crop_scale_min: float = 0.08
         proj_output_dim: int = 256
         lr_schedule: str = "released"  # "released": per epoch (solo-learn); "iteration": acbench's
+        stem_padding: int = 2  # conv1 padding of solo-learn's CIFAR ResNet (1: acbench's other methods')
 
         def __post_init__(self) -> None:
             super().__post_init__()
             check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
             if not 0 < self.crop_scale_min <= 1 or self.proj_output_dim < 1:
                 raise ConfigError("crop_scale_min must be in (0, 1] and proj_output_dim >= 1")
+            if self.stem_padding < 0:
+                raise ConfigError("stem_padding must be >= 0")
 
     def paper_recipe(self, dataset: str | None = None) -> Recipe:
         lr = 0.4  # x batch / 256 = 0.4 at batch 256
@@ -206,10 +226,10 @@ class DeACLTeacher(_SoloSchedule, Method):
             epochs=1000, batch_size=256, optimizer="lars", lr=lr, momentum=0.9, weight_decay=1e-5,
             warmup_epochs=10, warmup_start=0.003 / lr, min_lr_ratio=0.0,
             optimizer_options=(("eta", 0.02), ("eps", 1e-8), ("exclude_bias_and_bn", True),
-                               ("lr_in_momentum", False)),
+                               ("lr_in_momentum", False), ("clip_lr", True)),
             source="solo-learn bash_files/pretrain/cifar/simclr.sh @f4a3279, DeACL's teacher (LARS eta 0.02, "
-            "biases and BN excluded, lr 0.4, wd 1e-5, warm-up from 0.003 over 10 epochs, cosine to 0, "
-            "per epoch; released: LARS lr clipping, fp16)",
+            "clipped at the lr, biases and BN excluded, lr 0.4, wd 1e-5, warm-up from 0.003 over 10 epochs, "
+            "cosine to 0, per epoch; released: fp16)",
         )
 
     def build_head(self, feature_dim: int) -> nn.Module:
@@ -233,7 +253,7 @@ class DeACLTeacher(_SoloSchedule, Method):
 
 
 @register_method("deacl")
-class DeACL(_SoloSchedule, Method):
+class DeACL(_SoloLearn, Method):
     paper = "Zhang et al., ECCV 2022"
     summary = ("distils a SimCLR teacher: -cos(f(x), t(x)) - 2 cos(f(x_adv), f(x)); weak crops, "
                "no projector, one BN; needs the teacher stage")
@@ -251,6 +271,7 @@ class DeACL(_SoloSchedule, Method):
         teacher_file: str | None = None
         lr: float = 0.5  # the paper recipe's peak learning rate
         lr_schedule: str = "released"  # "released": per epoch (solo-learn); "iteration": acbench's
+        stem_padding: int = 2  # conv1 padding of solo-learn's CIFAR ResNet (1: acbench's other methods')
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -261,6 +282,8 @@ class DeACL(_SoloSchedule, Method):
                 raise ConfigError("trades_k must be >= 0 and lr > 0")
             if self.crop_padding is not None and self.crop_padding < 0:
                 raise ConfigError("crop_padding must be >= 0")
+            if self.stem_padding < 0:
+                raise ConfigError("stem_padding must be >= 0")
             if self.teacher_file == "":
                 raise ConfigError("teacher_file must be a path to an encoder checkpoint (or None)")
 

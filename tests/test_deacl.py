@@ -14,11 +14,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from benchmark.checkpoints import load_classifier
 from benchmark.cli import main
 from benchmark.config import get_preset
 from benchmark.errors import AcbenchError, ConfigError
 from benchmark.io import save_checkpoint
-from benchmark.models import BackboneConfig, CheckpointMismatch, branch_state_dict
+from benchmark.models import (
+    BackboneConfig,
+    CheckpointMismatch,
+    branch_state_dict,
+    classifier_from_encoder,
+)
 from benchmark.perf_measure import PassCounter, forward_equivalents
 from benchmark.pretrain import EpochLog, build_training
 from benchmark.stage import RunOptions, run_once
@@ -196,6 +202,23 @@ def test_one_step_on_synthetic_data():
     assert any(not torch.equal(v, student[k]) for k, v in model.encoder.state_dict().items() if "conv" in k)
 
 
+def test_solo_learns_padding_2_stem_in_student_teacher_and_classifier():
+    """Both stages build solo-learn's CIFAR stem, conv1 3x3 stride 1 padding 2, as released
+    (``stem_padding=1``: acbench's other methods' stem); the ImageNet stem is left as it is."""
+    tr, _ = _training()
+    assert tr.model.encoder.conv1.padding == (2, 2) and tr.method.teacher.conv1.padding == (2, 2)
+    assert tr.model.encoder.config.to_dict()["stem_padding"] == 2  # what encoder.pt stores
+    clf = classifier_from_encoder(tr.model.encoder, "normal", 10)  # finetuned with the same stem
+    assert clf.encoder.conv1.padding == (2, 2)
+    for name in ("deacl", "deacl-teacher"):
+        assert get_method(name).build_model(BackboneConfig("resnet10-tiny")).encoder.conv1.padding == (2, 2)
+        one = get_method(name, stem_padding=1).build_model(BackboneConfig("resnet10-tiny")).encoder
+        assert one.conv1.padding == (1, 1) and "stem_padding" not in one.config.to_dict()
+        stl = get_method(name).build_model(BackboneConfig("resnet18-imagenet")).encoder
+        assert stl.conv1.padding == (3, 3) and stl.config.stem_padding == 1
+    assert get_method("acl").build_model(BackboneConfig("resnet10-tiny")).encoder.conv1.padding == (1, 1)
+
+
 def test_one_bn_sees_clean_and_adversarial_together():
     tr, _ = _training()
     seen = []
@@ -263,7 +286,12 @@ def test_paper_recipes():
     t = get_method("deacl-teacher").paper_recipe("cifar10")
     assert (t.epochs, t.batch_size, t.optimizer, t.lr, t.weight_decay) == (1000, 256, "lars", 0.4, 1e-5)
     assert dict(t.optimizer_options) == {"eta": 0.02, "eps": 1e-8, "exclude_bias_and_bn": True,
-                                         "lr_in_momentum": False}
+                                         "lr_in_momentum": False, "clip_lr": True}  # solo-learn's LARS
+    from benchmark.optim import build_optimizer
+
+    opt = build_optimizer(torch.nn.Linear(2, 2).parameters(), t.optimizer, t.lr, t.momentum, t.weight_decay,
+                          **dict(t.optimizer_options))
+    assert opt.defaults["clip_lr"] is True and opt.defaults["eta"] == 0.02
     p = get_method("deacl").params
     assert (p.eps, p.attack_step, p.attack_steps) == (8 / 255, 2 / 255, 5)
     assert get_method("deacl-teacher").params.temperature == 0.2
@@ -325,6 +353,7 @@ def test_the_released_schedule_steps_per_epoch(name):
 @pytest.mark.parametrize("bad,message", [
     ({"random_start": "clip"}, "random_start"), ({"student_init": "random"}, "student_init"),
     ({"trades_k": -1.0}, "trades_k"), ({"lr_schedule": "epoch"}, "lr_schedule"), ({"teacher_file": ""}, "teacher_file"), ({"crop_padding": -1}, "crop_padding"),
+    ({"stem_padding": -1}, "stem_padding"),
 ])
 def test_bad_parameters(bad, message):
     with pytest.raises(AcbenchError, match=message):
@@ -419,3 +448,5 @@ def test_cli_smoke_run_trains_the_teacher_then_deacl(tmp_path):
     assert len(teacher_history) == 1 and teacher_history[0]["loss"] > 0
     history = json.loads((pretrains["deacl"] / "history.json").read_text())
     assert len(history) == 1 and -3.0 <= history[0]["loss"] < 0 and "distill" in history[0]
+    # the released padding-2 stem from pretraining to the evaluated classifier
+    assert load_classifier(results / rec["checkpoint"]).encoder.conv1.padding == (2, 2)

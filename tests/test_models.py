@@ -178,3 +178,62 @@ def test_cpu_and_cuda_stages_run_channels_last_with_the_same_function():
     fast = to_layout(model, torch.device("cpu"))
     assert fast.encoder.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fast(x), ref, rtol=1e-5, atol=1e-5)  # same function, other summation order
+
+
+def _torchvision_state(ours: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """acbench's plain-BN ResNet-18 state dict in torchvision's names (blocks i -> layer{i//2+1}.{i%2})."""
+    out = {}
+    for key, value in ours.items():
+        if key.startswith("normalize."):
+            continue
+        key = key.replace(".bn.", ".")
+        if key.startswith("blocks."):
+            _, i, rest = key.split(".", 2)
+            rest = rest.replace("shortcut_conv", "downsample.0").replace("shortcut_bn", "downsample.1")
+            key = f"layer{int(i) // 2 + 1}.{int(i) % 2}.{rest}"
+        out[key] = value
+    return out
+
+
+def test_stem_padding_2_is_solo_learns_cifar_resnet():
+    """stem_padding=2 is DeACL's solo-learn ResNet-18: torchvision's resnet18 with conv1 = Conv2d(3,
+    64, 3, 1, padding 2, bias False) and maxpool = Identity (solo-learn @f4a3279; DeACL's
+    base_for_adversarial_training.py:230-234). Same weights, same features; 32 px -> 34 px after the
+    stem. The default (1) leaves the config's dict, hence every checkpoint, as before."""
+    import torchvision
+
+    assert BackboneConfig("resnet18").to_dict() == {"name": "resnet18", "in_channels": 3,
+                                                    "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    cfg = BackboneConfig("resnet18", stem_padding=2)
+    assert cfg.to_dict()["stem_padding"] == 2 and BackboneConfig.from_dict(cfg.to_dict()) == cfg
+    assert BackboneConfig.from_dict(BackboneConfig("resnet18").to_dict()).stem_padding == 1
+    torch.manual_seed(0)
+    ours = ResNet(cfg).eval()
+    assert ours.conv1.padding == (2, 2) and ResNet(BackboneConfig("resnet18")).conv1.padding == (1, 1)
+    ref = torchvision.models.resnet18(num_classes=10)
+    ref.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=2, bias=False)
+    ref.maxpool = torch.nn.Identity()
+    ref.fc = torch.nn.Identity()
+    for m in ours.modules():  # non-trivial BN statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    ref.load_state_dict(_torchvision_state(ours.state_dict()), strict=True)
+    ref.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), ref(x), atol=1e-5)
+        assert ours.conv1(x).shape[-2:] == (34, 34)
+        # the same weights in acbench's padding-1 stem (RobustSSL's evaluation ResNet): they load,
+        # the features differ
+        plain = ResNet(BackboneConfig("resnet18")).eval()
+        plain.load_state_dict(ours.state_dict(), strict=True)
+        assert not torch.allclose(plain(x), ours(x), atol=1e-3)
+    # the classifier of such an encoder keeps its stem
+    assert classifier_from_encoder(ResNet(cfg, ("normal",)), "normal", 10).encoder.conv1.padding == (2, 2)
+    from benchmark.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="only the CIFAR stem's padding"):
+        BackboneConfig("resnet18-imagenet", stem_padding=2)
+    with pytest.raises(ConfigError, match="stem_padding -1"):
+        BackboneConfig("resnet18", stem_padding=-1)

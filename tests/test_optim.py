@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -300,3 +301,66 @@ def test_build_optimizer():
     assert adam2.param_groups[0]["betas"] == (0.9, 0.95)
     with pytest.raises(ValueError, match=r"unknown optimizer 'rmsprop'.*adam, lars, sgd"):
         build_optimizer(params, "rmsprop", lr=0.1)
+
+
+class _SoloLARSWrapper:
+    """solo-learn @f4a3279 ``solo/utils/lars.py`` (PyTorch Lightning's LARSWrapper) as released,
+    over ``torch.optim.SGD``: the reference for ``clip_lr``."""
+
+    def __init__(self, optim, eta, clip, eps=1e-8, exclude_bias_n_norm=False):
+        self.optim, self.eta, self.clip, self.eps, self.exclude = optim, eta, clip, eps, exclude_bias_n_norm
+
+    @torch.no_grad()
+    def step(self):
+        decays = []
+        for group in self.optim.param_groups:
+            wd = group.get("weight_decay", 0)
+            decays.append(wd)
+            group["weight_decay"] = 0
+            for p in group["params"]:
+                if p.grad is not None and (p.ndim != 1 or not self.exclude):
+                    p_norm, g_norm = torch.norm(p.data), torch.norm(p.grad.data)
+                    if p_norm != 0 and g_norm != 0:
+                        new_lr = (self.eta * p_norm) / (g_norm + p_norm * wd + self.eps)
+                        if self.clip:
+                            new_lr = min(new_lr / group["lr"], 1)
+                        p.grad.data += wd * p.data
+                        p.grad.data *= new_lr
+        self.optim.step()
+        for group, wd in zip(self.optim.param_groups, decays):
+            group["weight_decay"] = wd
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_lars_is_solo_learns_wrapper(clip):
+    """DeACL's teacher optimiser: LARS(eta 0.02, eps 1e-8, biases and BN excluded, SGD's momentum
+    form, clip_lr) equals solo-learn's LARSWrapper over SGD step for step, under a changing lr whose
+    small values make the clipping bind on some layers and not on others."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 5))
+    ours_model = copy.deepcopy(model)
+    start = copy.deepcopy(model)
+    ref = _SoloLARSWrapper(torch.optim.SGD(model.parameters(), lr=0.4, momentum=0.9, weight_decay=1e-5),
+                           eta=0.02, clip=clip, exclude_bias_n_norm=True)
+    ours = LARS(ours_model.parameters(), lr=0.4, momentum=0.9, weight_decay=1e-5, eta=0.02, eps=1e-8,
+                exclude_bias_and_bn=True, lr_in_momentum=False, clip_lr=clip)
+    clipped = set()
+    for step, lr in enumerate([0.4, 0.003, 0.05, 0.4, 1e-4]):
+        x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+        for m, opt in ((model, ref.optim), (ours_model, ours)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            for group in opt.param_groups:
+                group["lr"] = lr
+        for p in model.parameters():
+            if p.ndim > 1:
+                trust = 0.02 * p.norm() / (p.grad.norm() + 1e-5 * p.norm() + 1e-8)
+                clipped.add(bool(trust > lr))
+        ref.step()
+        ours.step()
+        for a, b in zip(model.parameters(), ours_model.parameters()):
+            assert torch.allclose(a, b, atol=1e-7, rtol=1e-6), (step, a.shape)
+    assert clipped == {True, False}  # both sides of the min were exercised
+    assert any(not torch.allclose(a, b) for a, b in zip(model.parameters(), start.parameters()))
+    assert ours.defaults["clip_lr"] is clip and LARS(start.parameters(), lr=0.1).defaults["clip_lr"] is False

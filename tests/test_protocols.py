@@ -300,6 +300,9 @@ def test_protocol_flags():
     (not_run,) = extra("acl", "slf", "digits", "digits")
     assert "not run by RobustSSL (ACL digits -> digits" in not_run and "cifar10 branch" in not_run
     assert "(AdvCL stl10 -> stl10 is not in" in extra("advcl", "alf", "stl10", "stl10")[0]
+    (stem,) = extra("deacl", "slf", "cifar10", "cifar10")  # RobustSSL's evaluation ResNet quirk
+    assert stem.startswith("release finetunes DeACL's padding-2 stem encoder in a padding-1 ResNet")
+    assert extra("dynacl", "aff", "cifar10", "cifar10") == []
     (val,) = extra("acl", "alf", "cifar10", "cifar10", "val")
     assert val.startswith("val-split epoch selection") and "test set" in val
     with pytest.raises(NoProtocol):
