@@ -30,7 +30,7 @@ from benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
 from benchmark.models import BackboneConfig, ContrastiveModel
 from benchmark.optim import build_optimizer
 from methods import get_method
-from methods.base import Batch, EpochContext, Method, Recipe
+from methods.base import Batch, EpochContext, Method, Recipe, subset_steps
 
 LAST = "last.pt"
 
@@ -185,12 +185,9 @@ def _epoch_order(
     chosen = chosen.detach().to("cpu", torch.int64).flatten()
     if tr.world > 1:  # every rank trains on rank 0's choice
         chosen = distributed.broadcast_object(chosen)
-    steps = chosen.numel() // tr.batch_size
+    steps = subset_steps(chosen.numel(), tr.batch_size)
     if steps < 1:
-        raise ConfigError(
-            f"{tr.method.name}: epoch {epoch} trains on {chosen.numel()} images, fewer than one batch of "
-            f"{tr.batch_size}; raise the method's subset size or lower the batch size"
-        )
+        raise ConfigError(f"{tr.method.name}: epoch {epoch} trains on {chosen.numel()} images; a step needs two")
     return chosen[torch.randperm(chosen.numel(), generator=generator)], steps
 
 

@@ -98,6 +98,12 @@ class EpochContext:
     logs: dict[str, float] = field(default_factory=dict)  # the method's values for this epoch's history entry
 
 
+def subset_steps(images: int, batch_size: int) -> int:
+    """The steps of an epoch on a method's subset of ``images``: every full batch, and the last
+    partial one if it holds at least two images (a contrastive loss needs a negative)."""
+    return images // batch_size + (1 if images % batch_size >= 2 else 0)
+
+
 @dataclass(frozen=True)
 class ContrastiveParams:
     """The parameters every built-in method has (checked here, so a bad value is refused when the
@@ -270,9 +276,10 @@ class Method(abc.ABC):
 
     def epoch_indices(self, epoch: int, epochs: int, context: EpochContext) -> torch.Tensor | None:
         """The pretraining images (a 1-d tensor of indices into ``context.images``) that ``epoch``
-        trains on; None: all of them (the default). Called after :meth:`on_epoch_start`, before the
-        epoch's first step. The loop shuffles the indices with the epoch's seeded permutation, runs
-        ``len // batch_size`` steps (the last partial batch dropped, as for the full set) and
+        trains on; None: all of them (the default: ``N // batch_size`` steps, the last partial batch
+        dropped). Called after :meth:`on_epoch_start`, before the epoch's first step. The loop
+        shuffles the indices with the epoch's seeded permutation, runs :func:`subset_steps` steps
+        (the last batch may be partial, as a DataLoader without ``drop_last`` gives it) and
         refreshes the learning rate of the epoch's first update after the call (a method whose
         schedule follows the epoch's length updates the state its :meth:`lr_lambda` reads here).
         Values put in ``context.logs`` go into the epoch's history entry and, with the epoch and

@@ -46,9 +46,12 @@ Released behaviour, the defaults here:
   fast-forwards (e - 1) L steps: update j of epoch e runs at the factor of epoch progress
   e - 1 + (j + 1) / L, whatever the subset's size.
 
+Subset epochs keep their last partial batch (the loop's :func:`methods.base.subset_steps`), as
+the release's subset loader does: the pool's last batch is partial and may be picked.
+
 Not reproduced: the release's per-image PIL augmentation stream, its unclamped PGD start (acbench's
-attacks clamp the start to [0, 1], as for ACL), its last partial training batch (the loop drops
-it, for every method), epoch 1's schedule length taken from the 99 % loader, and STL-10's
+attacks clamp the start to [0, 1], as for ACL), the last partial batch of its full-set epochs
+(dropped, as for every method), epoch 1's schedule length taken from the 99 % loader, and STL-10's
 augmented validation images (here: un-augmented for every dataset, CIFAR's ``ToTensor``).
 """
 
@@ -70,7 +73,7 @@ from benchmark.errors import ConfigError, check_choice
 from benchmark.models import ContrastiveModel
 from methods import register_method
 from methods.acl import ACL
-from methods.base import AdversarialParams, Batch, EpochContext, Logs, Recipe
+from methods.base import AdversarialParams, Batch, EpochContext, Logs, Recipe, subset_steps
 from methods.dynacl import INTERPOLATIONS, dynamic_strength, released_head, released_recipe
 from methods.losses import info_nce
 
@@ -329,7 +332,7 @@ class DynACLRCS(ACL):  # ACL's branches, attack objective (contrast) and joint P
             chosen = None if self.params.train_on_validation else torch.as_tensor(train)
         else:
             chosen = self.subset if self.subset is not None else torch.as_tensor(initial)
-        steps = (n if chosen is None else len(chosen)) // context.batch_size
+        steps = n // context.batch_size if chosen is None else subset_steps(len(chosen), context.batch_size)
         self._plan = (epoch, context.step, max(1, steps))
         return chosen
 

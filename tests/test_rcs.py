@@ -27,7 +27,7 @@ from benchmark.perf import PerfBench
 from benchmark.perf_measure import PassCounter
 from benchmark.pretrain import run_pretrain
 from methods import get_method
-from methods.base import EpochContext
+from methods.base import EpochContext, subset_steps
 from methods.rcs import (
     coreset_kl,
     epoch_kind,
@@ -232,6 +232,11 @@ def test_budget_in_whole_batches_on_cifar(fraction, batches):
     assert selection_budget(1257, 0.2, 512) == (248, 1)  # 0 in the release (it then crashes): at least 1
 
 
+def test_subset_steps_keep_a_last_partial_batch_of_two_or_more():
+    assert [subset_steps(n, 8) for n in (8, 9, 10, 16, 106)] == [1, 1, 2, 2, 14]
+    assert subset_steps(105, 128) == 1  # quick: the pool's last batch (105 of 1,257) picked
+
+
 def test_released_schedule():
     w, f = schedule_epochs(1000, 0.1, 0.02)
     assert (w, f) == (100, 20)
@@ -396,15 +401,16 @@ def test_subset_epochs_in_the_loop(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain.Training, "step", spy)
     out = run_pretrain(cfg, random_data(24, cfg.image_size), tmp_path, CPU, progress=False)
     history = json.loads((tmp_path / "history.json").read_text())
-    # 24 images, batch 8: 3 full steps; budget int(23 * 0.6) = 13 images, 1 batch of 8
-    assert [e.get("steps") for e in history] == [None, None, 1, 1]
+    # 24 images, batch 8: 3 full steps; budget int(23 * 0.6) = 13 images (2 steps: 8 and 5), 1 batch of 8
+    assert [e.get("steps") for e in history] == [None, None, 2, 1]
     assert [e.get("images") for e in history] == [None, None, 13, 8]
-    assert [s[0] for s in seen] == [1, 1, 1, 2, 2, 2, 3, 4] and [s[1] for s in seen] == list(range(8))
+    assert [s[0] for s in seen] == [1, 1, 1, 2, 2, 2, 3, 3, 4] and [s[1] for s in seen] == list(range(9))
+    assert [s[3] for s in seen] == [8] * 7 + [5, 8]  # a subset keeps its last partial batch
     lr = cfg.recipe.lr
     expected = [progress_cosine(p, 4, 1, cfg.recipe.min_lr_ratio) * lr
-                for p in (1 / 3, 2 / 3, 1, 1 + 1 / 3, 1 + 2 / 3, 2, 2 + 1, 3 + 1)]
+                for p in (1 / 3, 2 / 3, 1, 1 + 1 / 3, 1 + 2 / 3, 2, 2 + 1 / 2, 2 + 1, 3 + 1)]
     assert [s[2] for s in seen] == pytest.approx(expected, rel=1e-9)
-    assert out["steps"] == 8 and [s["epoch"] for s in out["subsets"]] == [4]
+    assert out["steps"] == 9 and [s["epoch"] for s in out["subsets"]] == [4]
     assert out["subsets"][0]["images"] == 8 and out["subsets"][0]["selected_batches"] == 1
 
 
