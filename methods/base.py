@@ -274,6 +274,11 @@ class Method(abc.ABC):
         """Per-epoch hook; returns values to log (e.g. an adaptive weight)."""
         return {}
 
+    def recipe_notes(self, recipe: Recipe) -> list[str]:
+        """How the method's own schedule under ``recipe`` differs from its published one (a record's
+        recipe deviations beyond :func:`benchmark.config.recipe_deviations`); default: none."""
+        return []
+
     def epoch_indices(self, epoch: int, epochs: int, context: EpochContext) -> torch.Tensor | None:
         """The pretraining images (a 1-d tensor of indices into ``context.images``) that ``epoch``
         trains on; None: all of them (the default: ``N // batch_size`` steps, the last partial batch

@@ -284,6 +284,16 @@ class DynACLRCS(ACL):  # ACL's branches, attack objective (contrast) and joint P
     def schedule(self, epochs: int) -> tuple[int, int]:
         return schedule_epochs(epochs, self.params.warmup, self.params.fre)
 
+    def recipe_notes(self, recipe: Recipe) -> list[str]:
+        """The coreset schedule and selection batch a (scaled) recipe gives, where not the release's."""
+        (w, f), batch = self.schedule(recipe.epochs), self.params.selection_batch or recipe.batch_size
+        out = []
+        if (w, f) != (100, 20):
+            out.append(f"RCS schedule: selections from epoch {w} every {f} epochs (paper: 100, every 20)")
+        if batch != 512:
+            out.append(f"RCS selection batch {batch} (paper 512)")
+        return out
+
     # ---- the step ----------------------------------------------------------------------------
     def loss(self, z: torch.Tensor, z_adv: torch.Tensor, n: int, w: float) -> tuple[torch.Tensor, ...]:
         """(loss, clean NT, adversarial NT): 1/2 [(1 - w) NT(clean) + (1 + w) NT(adv)]."""

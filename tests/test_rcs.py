@@ -21,6 +21,7 @@ from test_dynacl import interleave, nt_xent_released
 
 import benchmark.pretrain as pretrain
 from benchmark.cli import main
+from benchmark.config import get_preset
 from benchmark.errors import AcbenchError
 from benchmark.io import load_checkpoint
 from benchmark.perf import PerfBench
@@ -246,6 +247,16 @@ def test_released_schedule():
     assert len(selects) == 45 and kinds.count("reuse") == 900 - 45
     assert schedule_epochs(20, 0.1, 0.02) == (2, 1)  # quick: 2 full epochs, then a selection every epoch
     assert schedule_epochs(1, 0.1, 0.02) == (0, 1) and epoch_kind(1, 0, 1) == "select"
+
+
+def test_recipe_notes_say_how_a_preset_scales_the_schedule():
+    m = get_method("dynacl-rcs", dataset="digits")
+    paper = m.paper_recipe("cifar10")
+    assert m.recipe_notes(paper) == []
+    notes = m.recipe_notes(get_preset("quick").recipe(paper))
+    assert notes == ["RCS schedule: selections from epoch 2 every 1 epochs (paper: 100, every 20)",
+                     "RCS selection batch 128 (paper 512)"]
+    assert get_method("acl").recipe_notes(paper) == []
 
 
 def test_learning_rate_follows_epoch_progress_as_released():
