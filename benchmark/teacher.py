@@ -81,7 +81,9 @@ class TeacherStage(Stage):
 
     def pretrain(self) -> PretrainStage:
         c = self.consumer
-        return PretrainStage(c.opts, TEACHER_METHOD, {}, c.preset, c.dataset, c.seed)
+        # the teacher's backbone must be the student's: the stem padding is shared (DeACL's 2 as released)
+        shared = {k: c.params[k] for k in ("stem_padding",) if k in c.params}
+        return PretrainStage(c.opts, TEACHER_METHOD, shared, c.preset, c.dataset, c.seed)
 
     def upstream(self) -> dict[str, Stage]:
         return {} if self.file else {"pretrain": self.pretrain()}

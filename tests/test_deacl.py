@@ -450,3 +450,13 @@ def test_cli_smoke_run_trains_the_teacher_then_deacl(tmp_path):
     assert len(history) == 1 and -3.0 <= history[0]["loss"] < 0 and "distill" in history[0]
     # the released padding-2 stem from pretraining to the evaluated classifier
     assert load_classifier(results / rec["checkpoint"]).encoder.conv1.padding == (2, 2)
+
+
+def test_the_teacher_is_pretrained_with_the_students_stem_padding(tmp_path):
+    opts = RunOptions(results=tmp_path, progress=False)
+    preset = get_preset("smoke")
+    for params, expected in (({}, 2), ({"stem_padding": 1}, 1)):
+        student = PretrainStage(opts, "deacl", params, preset, "digits", 0)
+        teacher = TeacherStage(student).pretrain()
+        assert teacher.method == "deacl-teacher"
+        assert teacher.pretrain_config().method_params["stem_padding"] == expected
