@@ -243,7 +243,7 @@ def suite(suite_file, preset, methods, datasets, seeds, schemes, attacks, select
             slurm[k] = v
     if slurm:
         fields["slurm"] = slurm
-    if "executor" not in fields and opts.torch_device().type == "cpu":
+    if fields.get("executor", "pool") == "pool" and opts.torch_device().type == "cpu":
         # single-threaded workers, one more than cores: the small-batch attacks are overhead-bound
         fields["executor"] = "pool"
         fields.setdefault("jobs", (os.cpu_count() or 1) + 1)

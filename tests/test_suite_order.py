@@ -79,3 +79,28 @@ def test_pool_schedule_skips_the_schemes_of_a_failed_pretraining_and_keeps_at_mo
         in_flight += 1 if kind == "start" else -1
         peak = max(peak, in_flight)
     assert peak == 2
+
+
+def test_suite_on_cpu_defaults_to_a_pool_of_cores_plus_one_unless_told(monkeypatch, tmp_path):
+    """`--executor pool` without `--jobs` gets the same worker count as no `--executor` at all."""
+    import os
+
+    from click.testing import CliRunner
+
+    import benchmark.cli as cli
+
+    seen = []
+
+    def fake_run_suite(opts, spec, progress=True, echo=print):
+        seen.append((spec.executor, spec.jobs))
+        return {"seconds": 0.0, "jobs": 0, "failed": 0, "failures": []}
+
+    monkeypatch.setattr(cli, "run_suite", fake_run_suite)
+    base = ["suite", "--preset", "smoke", "--methods", "simclr", "--device", "cpu", "--results", str(tmp_path)]
+    cores = (os.cpu_count() or 1) + 1
+    for extra, expected in (([], ("pool", cores)), (["--executor", "pool"], ("pool", cores)),
+                            (["--executor", "pool", "--jobs", "2"], ("pool", 2)),
+                            (["--executor", "local"], ("local", 1))):
+        r = CliRunner().invoke(cli.main, base + extra)
+        assert r.exit_code == 0, r.output
+        assert seen[-1] == expected, extra
