@@ -86,8 +86,35 @@ def invariance_regularisers(
     return sir, air
 
 
+class DynAugACL(ACL):  # ACL's branches, attack objective (contrast) and joint PGD on both views
+    """ACL as the AIR and RCS releases build it: their projection head, crops of scale (0.1, 1)
+    (``interpolation``), and with :attr:`dynamic` (the releases' ``--DynAug``) DynACL's annealed view
+    strength s and adversarial weight w = reweight (1 - s). A subclass's ``Params`` has ``stages``,
+    ``reweight`` and ``interpolation``."""
+
+    dynamic: ClassVar[bool] = False
+
+    def build_head(self, feature_dim: int) -> nn.Module:
+        return released_head(feature_dim, self.branches)
+
+    def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
+        self.views = self.simclr_views(
+            image_size, scale=(0.1, 1.0), interpolation=self.params.interpolation
+        ).to(device)
+
+    def strength(self, epoch: int, epochs: int) -> float:
+        return dynamic_strength(epoch, epochs, self.params.stages) if self.dynamic else 1.0
+
+    def adv_weight(self, epoch: int, epochs: int) -> float:
+        """w = reweight (1 - s) with DynAug, else 0 (AIR ``pretraining.py:343-346``)."""
+        return self.params.reweight * (1.0 - self.strength(epoch, epochs)) if self.dynamic else 0.0
+
+    def on_epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
+        return {"strength": self.strength(epoch, epochs), "adv_weight": self.adv_weight(epoch, epochs)}
+
+
 @register_method("acl-air")
-class ACLAIR(ACL):  # ACL's branches, attack objective (contrast) and joint PGD on both views
+class ACLAIR(DynAugACL):
     paper = "Xu et al., NeurIPS 2023"
     summary = "ACL + standard and adversarial invariance regularisers (SIR + AIR) on the un-augmented image"
     dynamic: ClassVar[bool] = False  # the release's --DynAug
@@ -118,30 +145,12 @@ class ACLAIR(ACL):  # ACL's branches, attack objective (contrast) and joint PGD 
         return released_recipe("AIR paper and GodXuxilie/Enhancing_ACL_via_AIR pretraining.py (LARS 5.0, "
                                "10 warm-up epochs per iteration, stepped before each update, cosine to 1e-6)")
 
-    def build_head(self, feature_dim: int) -> nn.Module:
-        return released_head(feature_dim, self.branches)
-
-    def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
-        self.views = self.simclr_views(
-            image_size, scale=(0.1, 1.0), interpolation=self.params.interpolation
-        ).to(device)
-
-    # ---- the schedules ---------------------------------------------------------------------
-    def strength(self, epoch: int, epochs: int) -> float:
-        return dynamic_strength(epoch, epochs, self.params.stages) if self.dynamic else 1.0
-
-    def adv_weight(self, epoch: int, epochs: int) -> float:
-        """w = reweight (1 - s) with DynAug, else 0 (``pretraining.py:343-346``)."""
-        return self.params.reweight * (1.0 - self.strength(epoch, epochs)) if self.dynamic else 0.0
-
+    # ---- the schedule ----------------------------------------------------------------------
     def lr_lambda(self, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
         base = super().lr_lambda(recipe, steps_per_epoch, total_steps)
         if self.params.lr_schedule == "iteration":
             return base
         return lambda step: base(step + 1)  # scheduler.step() before optimizer.step()
-
-    def on_epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
-        return {"strength": self.strength(epoch, epochs), "adv_weight": self.adv_weight(epoch, epochs)}
 
     # ---- the loss --------------------------------------------------------------------------
     def loss(

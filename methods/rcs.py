@@ -72,9 +72,9 @@ from attacks import contrastive_pgd, eval_mode
 from benchmark.errors import ConfigError, check_choice
 from benchmark.models import ContrastiveModel
 from methods import register_method
-from methods.acl import ACL
+from methods.air import DynAugACL
 from methods.base import AdversarialParams, Batch, EpochContext, Logs, Recipe, subset_steps
-from methods.dynacl import INTERPOLATIONS, dynamic_strength, released_head, released_recipe
+from methods.dynacl import INTERPOLATIONS, released_recipe
 from methods.losses import info_nce
 
 VALIDATION_ROWS = ("released", "all")
@@ -199,7 +199,7 @@ def progress_cosine(progress: float, epochs: int, warmup: float, min_ratio: floa
 
 
 @register_method("dynacl-rcs")
-class DynACLRCS(ACL):  # ACL's branches, attack objective (contrast) and joint PGD on both views
+class DynACLRCS(DynAugACL):  # the AIR release's views, head and DynAug schedule; ACL's attack
     paper = "Xu et al., NeurIPS 2023 (RCS)"
     summary = ("the RCS release's DynACL (half scale, no momentum encoder) trained on a robustness-aware "
                "coreset, reselected every few epochs by a greedy gradient match on a validation split")
@@ -251,24 +251,7 @@ class DynACLRCS(ACL):  # ACL's branches, attack objective (contrast) and joint P
         return released_recipe("RCS paper and GodXuxilie/Efficient_ACL_via_RCS DynACL_RCS.py / ACL_RCS.py "
                                "(LARS 5.0, cosine with 10 warm-up epochs following epoch progress, to 1e-6)")
 
-    def build_head(self, feature_dim: int) -> nn.Module:
-        return released_head(feature_dim, self.branches)
-
-    def setup(self, image_size: int, device: torch.device, extras: dict[str, Any]) -> None:
-        self.views = self.simclr_views(
-            image_size, scale=(0.1, 1.0), interpolation=self.params.interpolation
-        ).to(device)
-
     # ---- the schedules ---------------------------------------------------------------------
-    def strength(self, epoch: int, epochs: int) -> float:
-        return dynamic_strength(epoch, epochs, self.params.stages) if self.dynamic else 1.0
-
-    def adv_weight(self, epoch: int, epochs: int) -> float:
-        return self.params.reweight * (1.0 - self.strength(epoch, epochs)) if self.dynamic else 0.0
-
-    def on_epoch_start(self, epoch: int, epochs: int) -> dict[str, float]:
-        return {"strength": self.strength(epoch, epochs), "adv_weight": self.adv_weight(epoch, epochs)}
-
     def lr_lambda(self, recipe: Recipe, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
         """Update k (the scheduler's count) of epoch e, which began after ``start`` updates and runs
         L steps, at the factor of epoch progress e - 1 + (k - start + 1) / L (:func:`progress_cosine`)."""
