@@ -29,12 +29,14 @@ from benchmark.cli_common import (
 )
 from benchmark.config import PRESETS, get_preset
 from benchmark.data import DATASETS, load_dataset
-from benchmark.errors import check_choice
+from benchmark.devices import resolve_device
+from benchmark.errors import AcbenchError, check_choice
 from benchmark.imports import ImportStage
 from benchmark.io import atomic_write_text
 from benchmark.labels import check_pseudo_labels, save_pseudo_labels
 from benchmark.leaderboard import build_leaderboard, load_records, load_reported
-from benchmark.perf import perf_all, render_table, reports_json
+from benchmark.perf import perf_all, precisions_for, render_table, reports_json
+from benchmark.perf_epoch import render_epochs, time_epochs
 from benchmark.pipeline import Target, run_pretrain_stage, session_for
 from benchmark.records import Record
 from benchmark.released import FORMATS, convert_advcl_labels
@@ -309,33 +311,73 @@ def status(results, as_json) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall", show_default=True,
               help="wall: elapsed time; cpu: this process's CPU time (CPU only; steadier on a shared machine).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Instead: time N whole epochs of the real pretraining loop on random images of the "
+                   "preset's dataset size, and project the full pretraining's hours.")
+@click.option("--images", type=click.IntRange(min=2), default=None,
+              help="With --epochs: images per epoch (default: the dataset's, e.g. 49000 for CIFAR-10).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the table to this markdown file (atomically).")
 @json_option
 def perf_cmd(method, all_methods, preset, backbone, batch_size, steps, rounds, warmup, precision, compile_model,
-             device, clock, out, as_json) -> None:
+             device, clock, epochs, images, out, as_json) -> None:
     """Images/s of the harness's pretraining step against a bare loop around the same method's
     training_step, their ratio (median over rounds, with its spread), forward-equivalents per
     image, attack steps and peak memory.
 
     Example (GPU): acbench perf --all --preset paper --out results/perf/h200.md
+
+    With --epochs N it times N whole pretraining epochs instead (the first includes warm-up), e.g.
+    acbench perf --method acl --preset paper --epochs 2
     """
     if all_methods == (method is not None):
         raise click.UsageError("give --method NAME or --all (not both)")
+    if images is not None and epochs is None:
+        raise click.UsageError("--images sets the images of --epochs: give --epochs too")
+    if epochs is not None:
+        _perf_epochs(None if all_methods else [method], preset=preset, epochs=epochs, images=images,
+                     backbone=backbone, batch_size=batch_size, precision=precision, device=device,
+                     compile=compile_model, out=out, as_json=as_json)
+        return
     result = perf_all(
         None if all_methods else [method], precision=precision, device=device, clock=clock,
         keep_going=all_methods, progress=None if as_json else lambda line: click.echo(line, err=True),
         preset=preset, backbone=backbone, batch_size=batch_size, steps=steps, rounds=rounds, warmup=warmup,
         compile=compile_model,
+        on_report=None if out is None else lambda reports: atomic_write_text(out, render_table(reports) + "\n"),
     )
     if result.reports:
         text = render_table(result.reports)
         if out is not None:
-            atomic_write_text(out, text + "\n")
             click.echo(f"wrote {out}", err=True)
         click.echo(reports_json(result.reports) if as_json else text)
     if result.failures:  # --all goes on past a failing method, then says which failed
         raise click.ClickException("perf failed for " + "; ".join(result.failures))
+
+
+def _perf_epochs(methods, *, precision, device, out, as_json, **options) -> None:
+    dev = resolve_device(device)
+    names = methods or list_methods()
+    for name in names:
+        check_choice("method", name, list_methods())
+    reports, failures = [], []
+    for name in names:
+        for prec in precisions_for(precision, dev):
+            click.echo(f"perf --epochs {name} ({prec}) ...", err=True)
+            try:
+                reports.append(time_epochs(name, precision=prec, device=dev, progress=not as_json, **options))
+            except (AcbenchError, ValueError, RuntimeError) as e:  # out of memory among others
+                if methods is not None:
+                    raise
+                failures.append(f"{name} ({prec}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    if reports:
+        text = render_epochs(reports)
+        if out is not None:
+            atomic_write_text(out, text + "\n")
+            click.echo(f"wrote {out}", err=True)
+        click.echo(json.dumps(reports, indent=2) if as_json else text)
+    if failures:
+        raise click.ClickException("perf --epochs failed for " + "; ".join(failures))
 
 
 @main.command("import")

@@ -50,6 +50,17 @@ def uses_channels_last(device: torch.device) -> bool:
     return device.type in ("cuda", "cpu")
 
 
+def autotunes(device: torch.device) -> bool:
+    """Whether cuDNN picks each convolution's algorithm by timing them (``cudnn.benchmark``) on
+    ``device``: on CUDA, where every stage runs fixed shapes and the H200 profile measured an ACL
+    step 10 % faster (results/perf/README.md). GPU float results are not bit-reproducible either
+    way (cuDNN's default kernels reduce with atomics); the choice is recorded with every stage."""
+    return device.type == "cuda"
+
+
 def to_layout(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """``model`` in the memory layout :func:`uses_channels_last` picks for ``device``."""
+    """``model`` in the memory layout :func:`uses_channels_last` picks for ``device``, with cuDNN
+    autotuning switched on where :func:`autotunes` says (every stage puts its model through here)."""
+    if autotunes(device):
+        torch.backends.cudnn.benchmark = True
     return model.to(memory_format=torch.channels_last) if uses_channels_last(device) else model

@@ -259,6 +259,13 @@ class MLPHead(nn.Module):
         return h
 
 
+class NoHead(nn.Module):
+    """No projector: the features themselves (called like a head, with a BN branch it ignores)."""
+
+    def forward(self, h: torch.Tensor, branch: str | None = None) -> torch.Tensor:
+        return h
+
+
 class ContrastiveModel(nn.Module):
     """A pretraining model: branch-BN encoder + projection head (+ optional extra heads)."""
 

@@ -57,7 +57,7 @@ from torch import nn
 from benchmark.config import PRESETS
 from benchmark.data import Dataset
 from benchmark.devices import resolve_device, resolve_precision, uses_channels_last
-from benchmark.errors import AcbenchError, ConfigError, check_choice
+from benchmark.errors import ConfigError, check_choice
 from benchmark.models import BACKBONES, ResNet
 from benchmark.perf_measure import (
     CLOCKS,
@@ -352,6 +352,7 @@ def perf_all(
     clock: str = "wall",
     keep_going: bool = True,
     progress: Callable[[str], None] | None = None,
+    on_report: Callable[[list[dict[str, Any]]], None] | None = None,
     **options: Any,
 ) -> PerfResults:
     """:func:`perf_report` for each method (default: every registered one) and precision.
@@ -359,7 +360,8 @@ def perf_all(
     ``precision``: fp32, bf16, both, or auto (fp32 on CPU, fp32 and bf16 on CUDA). Every name
     and option is checked before anything runs. With ``keep_going`` a method that fails (an
     invalid parameter, out of memory) is recorded in ``failures`` and the others still run;
-    without it the error propagates. ``progress`` receives one line per run and per failure.
+    without it the error propagates. ``progress`` receives one line per run and per failure;
+    ``on_report``, the reports so far after each one (to write partial tables as they grow).
     ``options``: the other keyword arguments of :func:`perf_report`.
     """
     names = list_methods() if methods is None else list(methods)
@@ -374,10 +376,12 @@ def perf_all(
             say(f"perf {name} ({prec}) ...")
             try:
                 reports.append(perf_report(name, device=dev, precision=prec, clock=clock, **options))
-            except (AcbenchError, ValueError, RuntimeError) as e:  # RuntimeError: out of memory among others
+                if on_report is not None:
+                    on_report(reports)
+            except Exception as e:  # one failing method (bad parameter, out of memory, a bug) stops only its row
                 if not keep_going:
                     raise
-                failures.append(f"{name} ({prec}): {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+                failures.append(f"{name} ({prec}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
                 say(f"perf failed: {failures[-1]}")
             if dev.type == "cuda":
                 torch.cuda.empty_cache()

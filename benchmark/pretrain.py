@@ -24,7 +24,7 @@ import benchmark.ddp as distributed
 from benchmark.augment import ViewAdaptation
 from benchmark.checkpoints import ENCODER
 from benchmark.data import Dataset
-from benchmark.devices import resolve_precision, to_layout, uses_channels_last
+from benchmark.devices import autotunes, resolve_precision, to_layout, uses_channels_last
 from benchmark.errors import AcbenchError, ConfigError
 from benchmark.io import atomic_write_json, load_checkpoint, save_checkpoint
 from benchmark.models import BackboneConfig, ContrastiveModel
@@ -73,7 +73,8 @@ class PretrainConfig:
 
 def training_options(cfg: PretrainConfig, device: torch.device) -> dict[str, Any]:
     """How the pretraining ran, beyond its precision (stored in every record)."""
-    return {"compile": cfg.compile, "channels_last": uses_channels_last(device)}
+    return {"compile": cfg.compile, "channels_last": uses_channels_last(device),
+            **({"cudnn_benchmark": True} if autotunes(device) else {})}  # CPU records unchanged
 
 
 def compile_model(model: ContrastiveModel, backend: str = "inductor") -> None:

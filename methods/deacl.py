@@ -54,6 +54,7 @@ from benchmark.models import (
     BackboneConfig,
     ContrastiveModel,
     MLPHead,
+    NoHead,
     ResNet,
     load_strict,
 )
@@ -299,7 +300,7 @@ class DeACL(_SoloLearn, Method):
         )
 
     def build_head(self, feature_dim: int) -> nn.Module:
-        return nn.Identity()  # no projector (the release's projector is nn.Identity)
+        return NoHead()  # no projector (the release's projector is nn.Identity)
 
     def build_model(self, backbone: BackboneConfig) -> ContrastiveModel:
         model = super().build_model(backbone)

@@ -297,9 +297,20 @@ def test_perf_json_and_markdown(tmp_path):
     assert "| method" in md and "harness img/s" in md and "ratio" in md
 
 
+def test_perf_epochs_json_and_markdown(tmp_path):
+    out = tmp_path / "epochs.md"
+    r = invoke("perf", "--method", "acl", "--preset", "smoke", "--epochs", "1", "--images", "64", "--json",
+               "--out", out)
+    (report,) = json.loads(r.stdout)
+    assert report["steps_per_epoch"] == 2 and len(report["epoch_seconds"]) == 1 and report["images"] == 64
+    assert "| acl" in out.read_text() and "projected h" in out.read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "--method"),
     (["--method", "acll"], "did you mean 'acl'"),
+    (["--method", "acl", "--images", "64"], "give --epochs too"),
+    (["--method", "acl", "--epochs", "2"], "cannot time 2"),
 ])
 def test_perf_bad_input(args, message):
     r = CliRunner().invoke(main, ["perf", *args, "--preset", "smoke"])

@@ -36,7 +36,8 @@ LAYERS: dict[str, tuple[str, ...]] = {
     ),
     "runners": ("benchmark.suite", "benchmark.executors", "benchmark.distributed"),
     "reports": ("benchmark.leaderboard", "benchmark.leaderboard_types", "benchmark.leaderboard_reported",
-                "benchmark.render", "benchmark.report", "benchmark.perf", "benchmark.perf_measure"),
+                "benchmark.render", "benchmark.report", "benchmark.perf", "benchmark.perf_measure",
+                "benchmark.perf_epoch"),
     "cli": ("benchmark.cli", "benchmark.cli_common"),
 }
 ORDER = list(LAYERS)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from benchmark.optim import LARS, build_optimizer, warmup_cosine_lambda
 
@@ -364,3 +365,58 @@ def test_lars_is_solo_learns_wrapper(clip):
     assert clipped == {True, False}  # both sides of the min were exercised
     assert any(not torch.allclose(a, b) for a, b in zip(model.parameters(), start.parameters()))
     assert ours.defaults["clip_lr"] is clip and LARS(start.parameters(), lr=0.1).defaults["clip_lr"] is False
+
+
+@torch.no_grad()
+def _loop_lars_step(opt: LARS) -> None:
+    """LARS.step as a per-parameter loop of torch ops (its form before it went multi-tensor)."""
+    for group in opt.param_groups:
+        lr, wd = group["lr"], group["weight_decay"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if group["exclude_bias_and_bn"] and p.ndim <= 1:
+                d = p.grad.clone()
+            else:
+                trust = LARS.trust_ratio(p, p.grad, wd, group["eta"], group["eps"]).to(p.dtype)
+                if group["clip_lr"] and lr > 0:
+                    trust = torch.clamp(trust / lr, max=1.0)
+                d = (p.grad.add(p, alpha=wd) if wd != 0 else p.grad.clone()).mul_(trust)
+            if group["lr_in_momentum"]:
+                d.mul_(lr)
+            if group["momentum"] != 0:
+                buf = opt.state[p].get("momentum_buffer")
+                if buf is None:
+                    buf = opt.state[p]["momentum_buffer"] = d.clone()
+                else:
+                    buf.mul_(group["momentum"]).add_(d)
+                d = buf
+            if group["lr_in_momentum"]:
+                p.sub_(d)
+            else:
+                p.add_(d, alpha=-lr)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lr_in_momentum,exclude,clip", [(True, False, False), (False, True, True), (False, False, False)])
+def test_multi_tensor_step_is_bit_identical_to_the_per_parameter_loop(dtype, lr_in_momentum, exclude, clip):
+    """CPU records made before the multi-tensor step stay reproducible to the last bit."""
+    def run(step_of):
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 36, 4)).to(dtype)
+        with torch.no_grad():
+            m[1].bias.zero_()  # a layer of zero norm: trust 1
+        opt = LARS([{"params": list(m[:2].parameters())}, {"params": list(m[3].parameters()), "lr": 0.1}],
+                   lr=0.5, momentum=0.9, weight_decay=1e-4, eps=1e-8, eta=1e-3,
+                   exclude_bias_and_bn=exclude, lr_in_momentum=lr_in_momentum, clip_lr=clip)
+        for i, lr in enumerate((0.5, 0.3, 0.0, 0.2)):
+            opt.param_groups[0]["lr"] = lr
+            opt.zero_grad()
+            m(torch.randn(5, 3, 8, 8, dtype=dtype, generator=torch.Generator().manual_seed(i))).pow(2).sum().backward()
+            if i == 1:
+                m[3].bias.grad = None  # a parameter without a gradient this step
+            step_of(opt)
+        return [*m.parameters(), *(s["momentum_buffer"] for s in opt.state.values())]
+
+    for a, b in zip(run(LARS.step), run(_loop_lars_step), strict=True):
+        assert torch.equal(a, b)

@@ -11,8 +11,10 @@ import torch
 import methods.acl
 import methods.advcl
 import methods.rocl
+from benchmark.config import PRESETS
 from benchmark.errors import ConfigError, UnknownName
 from benchmark.perf import KEYS, PerfBench, perf_all, perf_report, render_table, reports_json
+from benchmark.perf_epoch import render_epochs, time_epochs
 from benchmark.perf_measure import FlopCounter, PassCounter, forward_equivalents
 from methods import list_methods
 
@@ -97,6 +99,13 @@ def test_passes_per_step_of_every_registered_method(method):
     # the bare loop runs the method's own step: the same passes
     _, bare = bench.count(lambda: bench.bare_step(bench.next_batch()))
     assert bare == passes
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_forward_flops_of_every_registered_method(method):
+    """The fwd-equiv column's denominator: one forward of encoder + head (DeACL's is no head)."""
+    bench = _bench(method, **_params(method))
+    assert bench.forward_flops_per_image() > 0
 
 
 def test_passes_are_counted_under_bf16_autocast():
@@ -220,3 +229,19 @@ def test_user_errors_are_acbench_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             perf_report("acl", device="cuda")
+
+
+def test_perf_epochs_times_the_real_loop(tmp_path):
+    r = time_epochs("acl", preset="quick", epochs=2, images=4 * B, batch_size=B, device="cpu")
+    assert r["steps_per_epoch"] == 4 and r["batch_size"] == B and len(r["epoch_seconds"]) == 2
+    assert r["recipe_epochs"] == PRESETS["quick"].pretrain_epochs and r["epoch_s"] == r["epoch_seconds"][-1] > 0
+    assert r["projected_hours"] == pytest.approx(r["epoch_s"] * r["recipe_epochs"] / 3600)
+    assert r["images_per_s"] == pytest.approx(4 * B / r["epoch_s"])
+    text = render_epochs([r])
+    assert "| acl" in text and "projected h" in text
+    with pytest.raises(ConfigError, match="fewer than two steps"):
+        time_epochs("acl", preset="smoke", epochs=1, images=B, batch_size=B, device="cpu")
+    with pytest.raises(ConfigError, match="has 1 epochs; cannot time 2"):
+        time_epochs("acl", preset="smoke", epochs=2, device="cpu")
+    with pytest.raises(UnknownName, match="did you mean 'acl'"):
+        time_epochs("acll", preset="smoke", device="cpu")
