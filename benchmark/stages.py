@@ -22,6 +22,7 @@ from benchmark.errors import ConfigError
 from benchmark.evaluate import evaluate_classifier
 from benchmark.finetune import run_finetune
 from benchmark.inference import INFERENCE_FORM, fold_batchnorm
+from benchmark.models import CheckpointMismatch
 from benchmark.pretrain import PretrainConfig, run_pretrain
 from benchmark.protocols import UNIFORM
 from benchmark.registry import Registry
@@ -169,9 +170,15 @@ class EvaluateStage(Stage):
                               data.test_x, data.test_y, self.preset.eval.n_test, self.preset.eval.seed)
 
     def prepare(self, opts: RunOptions, upstream: dict[str, str]) -> None:
-        self.finetune.data(opts)
+        data = self.finetune.data(opts)
         self.corrupted(opts)
-        load_classifier(opts.store.dir("finetune", upstream["finetune"]) / CLASSIFIER)
+        path = opts.store.dir("finetune", upstream["finetune"]) / CLASSIFIER
+        classes = load_classifier(path).fc.out_features
+        if classes != data.num_classes:  # every scheme trains a head for its dataset: a store edited by hand
+            raise CheckpointMismatch(
+                f"{path}: a {classes}-class classifier cannot be evaluated on {data.name} "
+                f"({data.num_classes} classes); finetune on {data.name} to get its own head"
+            )
 
     def run(self, run: StageRun) -> dict[str, Any]:
         opts, ev = run.opts, self.preset.eval

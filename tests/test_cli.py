@@ -355,6 +355,30 @@ def test_transfer_run_renders_its_own_table(tmp_path):
 # ---- checks that fail before anything is written -------------------------------------------------
 
 
+@pytest.mark.slow
+def test_a_classifier_of_another_class_count_is_refused_in_one_line(tmp_path):
+    """Every scheme trains a head for the dataset it finetunes on, so a transfer to a dataset of
+    another class count is fine (RobustSSL: CIFAR-100 -> STL-10). A classifier whose head does not
+    match the dataset it would be evaluated on (a store edited by hand) is one line, nothing written."""
+    from benchmark.io import load_checkpoint, save_checkpoint
+
+    (rec,) = json.loads(invoke("run", "--method", "simclr", *SMOKE, "--schemes", "slf", "--attacks", "clean",
+                               "--json", "--results", tmp_path).stdout)
+    path = tmp_path / rec["checkpoint"]
+    ck = load_checkpoint(path, kind="classifier")
+    ck["num_classes"] = 3
+    ck["state_dict"]["fc.weight"] = ck["state_dict"]["fc.weight"][:3]
+    ck["state_dict"]["fc.bias"] = ck["state_dict"]["fc.bias"][:3]
+    save_checkpoint(path, "classifier", {k: v for k, v in ck.items() if k not in ("kind", "format_version")})
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    r = CliRunner().invoke(main, ["run", "--method", "simclr", *SMOKE, "--schemes", "slf", "--attacks", "pgd20",
+                                  "--results", str(tmp_path)])  # a new evaluate stage on the same finetuning
+    assert r.exit_code == 1, r.output
+    (line,) = r.output.strip().splitlines()
+    assert "a 3-class classifier cannot be evaluated on digits (10 classes)" in line and str(path) in line
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
 @pytest.mark.parametrize("command", [
     ["suite", "--methods", "simclr", "--datasets", "cifar10", "--executor", "local"],
     ["run", "--method", "simclr", "--dataset", "cifar10"],
