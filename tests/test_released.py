@@ -484,3 +484,38 @@ def test_import_refuses_a_foreign_file_and_writes_nothing(tmp_path: Path) -> Non
                                   "--results", str(tmp_path / "results")])
     assert r.exit_code == 1 and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_plus_plus_post_processes_an_imported_base_checkpoint(tmp_path: Path) -> None:
+    """DynACL++ on a released DynACL encoder: the imported checkpoint is the base of the LP-AFT
+    stage (as RobustSSL post-processes its zoo's DynACL models), and the record says so."""
+    import json
+
+    from click.testing import CliRunner
+
+    from benchmark.cli import main
+
+    write_cifar10(tmp_path / "data", per_batch=240, n_test=64)
+    release = save_release(tmp_path / "dynacl.pt", "dynacl", release_state(LAYOUTS["acl"]))
+    common = ["--results", str(tmp_path / "results"), "--data-dir", str(tmp_path / "data"), "--quiet"]
+    r = CliRunner().invoke(main, ["import", str(release), "--format", "dynacl", "--method", "dynacl",
+                                  "--dataset", "cifar10", *common, "--json"])
+    assert r.exit_code == 0, r.output
+    key = json.loads(r.stdout)["key"]
+    r = CliRunner().invoke(main, ["run", "--pretrained", key, "--method", "dynacl++", "--dataset", "cifar10",
+                                  "--preset", "smoke", "--schemes", "slf", "--attacks", "clean", *common, "--json"])
+    assert r.exit_code == 0, r.output
+    (rec,) = json.loads(r.stdout)
+    assert rec["method"] == "dynacl++" and rec["stages"]["pretrain"] == key and rec["stages"]["lpaft"]
+    assert rec["released"]["format"] == "dynacl"
+    lpaft = tmp_path / "results" / "runs" / "lpaft" / rec["stages"]["lpaft"]
+    assert (lpaft / "encoder.pt").is_file()
+    # the imported encoder's 'normal' branch is carried through unchanged; 'pgd' is finetuned
+    from benchmark.checkpoints import load_encoder
+    base, _ = load_encoder(tmp_path / "results" / "runs" / "import" / key / "encoder.pt")
+    post, _ = load_encoder(lpaft / "encoder.pt")
+    sb, sp = base.state_dict(), post.state_dict()
+    normal = [k for k in sb if ".normal." in k]
+    assert normal and all(torch.equal(sb[k], sp[k]) for k in normal)
+    assert any(not torch.equal(sb[k], sp[k]) for k in sb if ".pgd." in k)
