@@ -29,13 +29,12 @@ from benchmark.cli_common import (
 )
 from benchmark.config import PRESETS, get_preset
 from benchmark.data import DATASETS, load_dataset
-from benchmark.devices import resolve_device
-from benchmark.errors import AcbenchError, check_choice
+from benchmark.errors import check_choice
 from benchmark.imports import ImportStage
 from benchmark.io import atomic_write_text
 from benchmark.labels import check_pseudo_labels, save_pseudo_labels
 from benchmark.leaderboard import build_leaderboard, load_records, load_reported
-from benchmark.perf import perf_all, precisions_for, render_table, reports_json
+from benchmark.perf import perf_all, render_table, reports_json
 from benchmark.perf_epoch import render_epochs, time_epochs
 from benchmark.pipeline import Target, run_pretrain_stage, session_for
 from benchmark.records import Record
@@ -334,50 +333,24 @@ def perf_cmd(method, all_methods, preset, backbone, batch_size, steps, rounds, w
         raise click.UsageError("give --method NAME or --all (not both)")
     if images is not None and epochs is None:
         raise click.UsageError("--images sets the images of --epochs: give --epochs too")
-    if epochs is not None:
-        _perf_epochs(None if all_methods else [method], preset=preset, epochs=epochs, images=images,
-                     backbone=backbone, batch_size=batch_size, precision=precision, device=device,
-                     compile=compile_model, out=out, as_json=as_json)
-        return
+    if epochs is None:  # steps: harness against bare
+        kind = dict(steps=steps, rounds=rounds, warmup=warmup)
+        render_reports = render_table
+    else:  # whole epochs of the pretraining loop
+        kind = dict(measure=time_epochs, epochs=epochs, images=images, bars=not as_json)
+        render_reports = render_epochs
     result = perf_all(
         None if all_methods else [method], precision=precision, device=device, clock=clock,
         keep_going=all_methods, progress=None if as_json else lambda line: click.echo(line, err=True),
-        preset=preset, backbone=backbone, batch_size=batch_size, steps=steps, rounds=rounds, warmup=warmup,
-        compile=compile_model,
-        on_report=None if out is None else lambda reports: atomic_write_text(out, render_table(reports) + "\n"),
+        preset=preset, backbone=backbone, batch_size=batch_size, compile=compile_model, **kind,
+        on_report=None if out is None else lambda reports: atomic_write_text(out, render_reports(reports) + "\n"),
     )
     if result.reports:
-        text = render_table(result.reports)
         if out is not None:
             click.echo(f"wrote {out}", err=True)
-        click.echo(reports_json(result.reports) if as_json else text)
+        click.echo(reports_json(result.reports) if as_json else render_reports(result.reports))
     if result.failures:  # --all goes on past a failing method, then says which failed
         raise click.ClickException("perf failed for " + "; ".join(result.failures))
-
-
-def _perf_epochs(methods, *, precision, device, out, as_json, **options) -> None:
-    dev = resolve_device(device)
-    names = methods or list_methods()
-    for name in names:
-        check_choice("method", name, list_methods())
-    reports, failures = [], []
-    for name in names:
-        for prec in precisions_for(precision, dev):
-            click.echo(f"perf --epochs {name} ({prec}) ...", err=True)
-            try:
-                reports.append(time_epochs(name, precision=prec, device=dev, progress=not as_json, **options))
-            except (AcbenchError, ValueError, RuntimeError) as e:  # out of memory among others
-                if methods is not None:
-                    raise
-                failures.append(f"{name} ({prec}): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    if reports:
-        text = render_epochs(reports)
-        if out is not None:
-            atomic_write_text(out, text + "\n")
-            click.echo(f"wrote {out}", err=True)
-        click.echo(json.dumps(reports, indent=2) if as_json else text)
-    if failures:
-        raise click.ClickException("perf --epochs failed for " + "; ".join(failures))
 
 
 @main.command("import")

@@ -104,7 +104,7 @@ def _device(device: str | torch.device | None, clock: str) -> torch.device:
     return dev
 
 
-def _random_data(dataset: str, image_size: int, n: int, seed: int) -> Dataset:
+def random_data(dataset: str, image_size: int, n: int, seed: int) -> Dataset:
     """Random uint8 images shaped like ``dataset``'s (3 channels), no download."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, 3, image_size, image_size), generator=g, dtype=torch.uint8)
@@ -166,7 +166,7 @@ class PerfBench:
         recipe = p.recipe(m.paper_recipe(p.dataset))
         self.batch_size = batch_size or recipe.batch_size
         n = 2 * self.batch_size  # two steps per epoch: the loop's slicing of a permutation
-        data = _random_data(p.dataset, p.image_size or NATIVE_SIZE[p.dataset], n, seed)
+        data = random_data(p.dataset, p.image_size or NATIVE_SIZE[p.dataset], n, seed)
         cfg = PretrainConfig(
             method=method, method_params=params, dataset=p.dataset, image_size=data.image_size,
             backbone=backbone or p.backbone_for(p.dataset), seed=seed, recipe=recipe.replace(batch_size=self.batch_size),
@@ -263,9 +263,9 @@ def _tensors_in(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
+        return f"{device} ({torch.cuda.getdevice_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
@@ -323,7 +323,7 @@ def perf_report(
         "attack_steps": bench.attack_steps,
         "peak_memory_mb": round(memory, 1),
         "peak_memory_kind": memory_kind,
-        "device": _device_name(dev),
+        "device": device_name(dev),
         "channels_last": uses_channels_last(dev),
         "preset": preset,
         "backbone": bench.backbone,
@@ -353,6 +353,7 @@ def perf_all(
     keep_going: bool = True,
     progress: Callable[[str], None] | None = None,
     on_report: Callable[[list[dict[str, Any]]], None] | None = None,
+    measure: Callable[..., dict[str, Any]] | None = None,
     **options: Any,
 ) -> PerfResults:
     """:func:`perf_report` for each method (default: every registered one) and precision.
@@ -362,7 +363,8 @@ def perf_all(
     invalid parameter, out of memory) is recorded in ``failures`` and the others still run;
     without it the error propagates. ``progress`` receives one line per run and per failure;
     ``on_report``, the reports so far after each one (to write partial tables as they grow).
-    ``options``: the other keyword arguments of :func:`perf_report`.
+    ``measure(name, device=, precision=, **options)`` makes one report: :func:`perf_report` (with
+    ``clock``) unless given, e.g. :func:`benchmark.perf_epoch.time_epochs`.
     """
     names = list_methods() if methods is None else list(methods)
     for name in names:
@@ -370,12 +372,13 @@ def perf_all(
     dev = _device(device, clock)
     precisions = precisions_for(precision, dev)
     say = progress or (lambda line: None)
+    run = measure or functools.partial(perf_report, clock=clock)
     reports, failures = [], []
     for name in names:
         for prec in precisions:
             say(f"perf {name} ({prec}) ...")
             try:
-                reports.append(perf_report(name, device=dev, precision=prec, clock=clock, **options))
+                reports.append(run(name, device=dev, precision=prec, **options))
                 if on_report is not None:
                     on_report(reports)
             except Exception as e:  # one failing method (bad parameter, out of memory, a bug) stops only its row

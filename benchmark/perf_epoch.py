@@ -26,7 +26,7 @@ from benchmark.config import PRESETS
 from benchmark.devices import resolve_device, resolve_precision
 from benchmark.errors import ConfigError, check_choice
 from benchmark.models import BACKBONES
-from benchmark.perf import NATIVE_SIZE, _device_name, _random_data, stand_in_inputs
+from benchmark.perf import NATIVE_SIZE, device_name, random_data, stand_in_inputs
 from benchmark.pretrain import PretrainConfig, run_pretrain
 from methods import get_method, list_methods
 
@@ -52,7 +52,7 @@ def time_epochs(
     device: str | torch.device | None = "auto",
     compile: bool = False,
     seed: int = 0,
-    progress: bool = False,
+    bars: bool = False,
 ) -> dict[str, Any]:
     """Run ``epochs`` epochs of ``method``'s pretraining under ``preset`` on random images and
     return their seconds, images/s and the projected time of the recipe's full pretraining."""
@@ -71,7 +71,7 @@ def time_epochs(
     n = images or PRETRAIN_IMAGES[p.dataset]
     if n < 2 * recipe.batch_size:
         raise ConfigError(f"{n} images make fewer than two steps of batch {recipe.batch_size}")
-    data = _random_data(p.dataset, p.image_size or NATIVE_SIZE[p.dataset], n, seed)
+    data = random_data(p.dataset, p.image_size or NATIVE_SIZE[p.dataset], n, seed)
     cfg = PretrainConfig(
         method=method, method_params={}, dataset=p.dataset, image_size=data.image_size,
         backbone=backbone or p.backbone_for(p.dataset), seed=seed, recipe=recipe,
@@ -86,7 +86,7 @@ def time_epochs(
 
     with tempfile.TemporaryDirectory(prefix="acbench-perf-epoch-") as tmp:
         try:  # the recipe's own schedule (warm-up, milestones), stopped after `epochs` epochs
-            run_pretrain(cfg, data, Path(tmp), dev, stand_in_inputs(m, n, seed), progress=progress,
+            run_pretrain(cfg, data, Path(tmp), dev, stand_in_inputs(m, n, seed), progress=bars,
                          on_epoch_end=epoch_done)
         except _Enough:
             pass
@@ -96,7 +96,7 @@ def time_epochs(
     steady = seconds[-1]
     return {
         "method": method, "preset": preset, "dataset": p.dataset, "backbone": cfg.backbone,
-        "device": _device_name(dev), "precision": resolve_precision(precision, dev), "compile": compile,
+        "device": device_name(dev), "precision": resolve_precision(precision, dev), "compile": compile,
         "images": n, "batch_size": batch, "steps_per_epoch": steps,
         "epoch_seconds": seconds, "first_epoch_s": seconds[0], "epoch_s": steady,
         "images_per_s": steps * batch / steady, "recipe_epochs": recipe.epochs,
