@@ -70,8 +70,15 @@ class Preset:
         names another, e.g. the ImageNet-stem ResNet-18 that the STL-10 releases train at 96 px)."""
         return self.backbones.get(dataset, self.backbone)
 
-    def recipe(self, paper: Recipe) -> Recipe:
-        """The recipe a method runs under this preset (its paper recipe, scaled)."""
+    def recipe(self, paper: Recipe, loss_scale: float = 1.0) -> Recipe:
+        """The recipe a method runs under this preset (its paper recipe, scaled).
+
+        ``loss_scale``: how many times ACL's ``(NT + NT) / 2`` the method's released loss is (the
+        method's ``loss_scale``; AIR: 2). The paper recipes' LARS step does not depend on it; a
+        preset that replaces LARS by SGD runs at ``lr / scale`` and ``weight_decay * scale``, which
+        takes exactly the steps of SGD at ``lr``, ``weight_decay`` on the loss divided by the scale
+        (momentum included), so that every ACL-form loss trains at the step the preset was chosen with.
+        """
         if self.name == "paper":
             return paper
         changes = dict(self.recipe_override)
@@ -79,7 +86,22 @@ class Preset:
             changes["epochs"] = self.pretrain_epochs
         if self.pretrain_batch_size is not None:
             changes["batch_size"] = self.pretrain_batch_size
+        if self._rescales(paper, loss_scale):
+            changes["lr"] = changes.get("lr", paper.lr) / loss_scale
+            changes["weight_decay"] = changes.get("weight_decay", paper.weight_decay) * loss_scale
         return paper.replace(**changes, source=f"{self.name} preset (scaled from: {paper.source})")
+
+    def _rescales(self, paper: Recipe, loss_scale: float) -> bool:
+        return loss_scale != 1.0 and self.name != "paper" and paper.optimizer == "lars" and \
+            self.recipe_override.get("optimizer", paper.optimizer) == "sgd"
+
+    def loss_scale_notes(self, paper: Recipe, loss_scale: float) -> list[str]:
+        """The record's note on :meth:`recipe`'s loss-scale rule, where it applied."""
+        if not self._rescales(paper, loss_scale):
+            return []
+        return [f"loss scale {loss_scale:g}: the released loss is {loss_scale:g}x ACL's (NT + NT) / 2, which the "
+                f"paper's LARS ignores; this preset's SGD runs at lr / {loss_scale:g} and weight decay x "
+                f"{loss_scale:g}, the steps of SGD on the loss / {loss_scale:g}"]
 
     def finetune_config(self, scheme: str, dataset: str, selection: str = "last", *, protocol: str = UNIFORM,
                         method: str = "", finetune_dataset: str | None = None) -> FinetuneConfig:

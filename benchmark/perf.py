@@ -163,7 +163,7 @@ class PerfBench:
         self.device = resolve_device(device)
         params = dict(params or {})
         m = get_method(check_choice("method", method, list_methods()), dataset=p.dataset, **params)
-        recipe = p.recipe(m.paper_recipe(p.dataset))
+        recipe = p.recipe(m.paper_recipe(p.dataset), m.loss_scale)
         self.batch_size = batch_size or recipe.batch_size
         n = 2 * self.batch_size  # two steps per epoch: the loop's slicing of a permutation
         data = random_data(p.dataset, p.image_size or NATIVE_SIZE[p.dataset], n, seed)

@@ -63,7 +63,7 @@ def time_epochs(
         check_choice("backbone", backbone, BACKBONES)
     dev = resolve_device(device)
     m = get_method(check_choice("method", method, list_methods()), dataset=p.dataset)
-    recipe = p.recipe(m.paper_recipe(p.dataset))
+    recipe = p.recipe(m.paper_recipe(p.dataset), m.loss_scale)
     if batch_size:
         recipe = recipe.replace(batch_size=batch_size)
     if epochs > recipe.epochs:

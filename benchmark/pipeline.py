@@ -161,7 +161,9 @@ def make_record(opts: RunOptions, target: Target, scheme: str, keys: dict[str, s
     m = get_method(target.method, dataset=target.dataset, **params)
     paper = m.paper_recipe(target.dataset)
     recipe = pre_stage.pretrain_config().recipe if pretrained_here else paper
-    deviations = recipe_deviations(recipe, paper) + (m.recipe_notes(recipe) + preset.deviations() if pretrained_here else [])
+    deviations = recipe_deviations(recipe, paper) + (
+        m.recipe_notes(recipe) + preset.loss_scale_notes(paper, m.loss_scale) + preset.deviations()
+        if pretrained_here else [])
     deviations += post.deviations() if post is not None else []
     post_cost = {"postprocess_s": round(store.done_info(POST_KIND, keys[POST_KIND])["seconds"], 2)} if post else {}
     metrics = {k: ev["metrics"].get(k) for k in ("clean", "pgd20", "autoattack")}

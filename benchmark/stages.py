@@ -55,7 +55,7 @@ class PretrainStage(Stage):
         return PretrainConfig(  # every resolved parameter: a changed default is another run
             method=self.method, method_params=dataclasses.asdict(m.params), dataset=self.dataset,
             image_size=self.preset.image_size, backbone=self.preset.backbone_for(self.dataset), seed=self.seed,
-            recipe=self.preset.recipe(m.paper_recipe(self.dataset)), train_limit=self.preset.train_limit,
+            recipe=self.preset.recipe(m.paper_recipe(self.dataset), m.loss_scale), train_limit=self.preset.train_limit,
             precision=resolve_precision(opts.precision, opts.torch_device()), compile=opts.compile,
             augmentation=self.preset.augmentation,
         )

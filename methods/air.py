@@ -118,6 +118,7 @@ class ACLAIR(DynAugACL):
     paper = "Xu et al., NeurIPS 2023"
     summary = "ACL + standard and adversarial invariance regularisers (SIR + AIR) on the un-augmented image"
     dynamic: ClassVar[bool] = False  # the release's --DynAug
+    loss_scale: ClassVar[float] = 2.0  # (1 - w) NT + (1 + w) NT against ACL's (NT + NT) / 2
 
     @dataclass(frozen=True)
     class Params(AdversarialParams):  # temperature 0.5; PGD-5, eps 8/255, step eps/4 = 2/255

@@ -185,6 +185,9 @@ class Method(abc.ABC):
     # per pretraining dataset: parameter defaults that differ from ``Params()``'s
     dataset_params: ClassVar[dict[str, dict[str, Any]]] = {}
     Params: ClassVar[type] = ContrastiveParams
+    # how many times ACL's (NT + NT) / 2 the released loss is, for losses of that form (AIR's
+    # (1 - w) NT + (1 + w) NT: 2); the CPU presets' SGD divides its step by it (Preset.recipe)
+    loss_scale: ClassVar[float] = 1.0
 
     def __init__(self, dataset: str | None = None, **overrides: Any):
         by_name = {f.name: f for f in dataclasses.fields(self.Params)}

@@ -7,6 +7,7 @@ import dataclasses
 import math
 
 import pytest
+import torch
 
 from benchmark.augment import ViewAdaptation
 from benchmark.config import PRESETS, EvalConfig, Preset, get_preset
@@ -97,3 +98,39 @@ def test_inconsistent_eps_is_refused():
     with pytest.raises(ConfigError, match="eps must be in"):
         Preset(name="x", dataset="digits", image_size=8, backbone="resnet10-tiny", pretrain_epochs=1,
                pretrain_batch_size=8, eps=1.5, eval=EvalConfig(eps=1.5))
+
+
+# ---- the loss-scale rule of the CPU presets' SGD ------------------------------------------------
+
+
+def test_air_losses_train_at_acl_step_size_under_the_cpu_presets():
+    from methods import get_method
+
+    acl, air = get_method("acl"), get_method("acl-air")
+    assert (acl.loss_scale, air.loss_scale, get_method("dynacl-air").loss_scale) == (1.0, 2.0, 2.0)
+    assert get_method("acl-air++").loss_scale == 2.0 and get_method("dynacl-rcs").loss_scale == 1.0
+    quick, paper = PRESETS["quick"], PRESETS["paper"]
+    a, b = quick.recipe(acl.paper_recipe("digits"), acl.loss_scale), quick.recipe(air.paper_recipe("digits"), 2.0)
+    assert (b.lr, b.weight_decay) == (a.lr / 2, a.weight_decay * 2) and b.optimizer == "sgd"
+    assert paper.recipe(air.paper_recipe("cifar10"), 2.0) == air.paper_recipe("cifar10")  # LARS: unchanged
+    assert quick.loss_scale_notes(air.paper_recipe("digits"), 2.0) and not quick.loss_scale_notes(
+        acl.paper_recipe("digits"), 1.0)
+    assert not paper.loss_scale_notes(air.paper_recipe("cifar10"), 2.0)
+
+
+def test_sgd_at_lr_over_s_and_decay_times_s_is_sgd_on_the_loss_over_s():
+    """The rule's claim: the same trajectory, momentum included (fp64, a few steps)."""
+    def run(lr, wd, scale):
+        torch.manual_seed(0)
+        w = torch.randn(5, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.SGD([w], lr=lr, momentum=0.9, weight_decay=wd)
+        for i in range(6):
+            x = torch.randn(5, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
+            opt.zero_grad()
+            (scale * ((w * x).sum() - 1.0) ** 2).backward()
+            opt.step()
+        return w.detach()
+
+    s = 2.0
+    assert torch.allclose(run(0.5 / s, 5e-4 * s, s), run(0.5, 5e-4, 1.0), rtol=1e-12, atol=1e-14)
+    assert not torch.allclose(run(0.5, 5e-4, s), run(0.5, 5e-4, 1.0))  # the scale does matter to SGD
