@@ -124,9 +124,13 @@ class LARS(Optimizer):
         dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
         w_norm = torch.linalg.vector_norm(p.detach(), dtype=dtype)
         g_norm = torch.linalg.vector_norm(g, dtype=dtype)
+        return LARS._trust(w_norm, g_norm, weight_decay, eta, eps)
+
+    @staticmethod
+    def _trust(w_norm: Tensor, g_norm: Tensor, weight_decay: float, eta: float, eps: float) -> Tensor:
+        """The trust ratio from the norms (elementwise over stacked layers)."""
         ratio = eta * w_norm / (g_norm + weight_decay * w_norm + eps)
-        ok = (w_norm > 0) & (g_norm > 0)
-        return torch.where(ok, ratio, torch.ones_like(ratio))
+        return torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
@@ -189,8 +193,7 @@ class LARS(Optimizer):
         dtype = None if ps[0].dtype in (torch.float32, torch.float64) else torch.float32
         w_norm = torch.stack(torch._foreach_norm([p.detach() for p in ps], 2, dtype=dtype))
         g_norm = torch.stack(torch._foreach_norm(gs, 2, dtype=dtype))
-        ratio = eta * w_norm / (g_norm + wd * w_norm + eps)  # as trust_ratio, every layer at once
-        trust = torch.where((w_norm > 0) & (g_norm > 0), ratio, torch.ones_like(ratio)).to(ps[0].dtype)
+        trust = self._trust(w_norm, g_norm, wd, eta, eps).to(ps[0].dtype)  # every layer at once
         if clip and lr > 0:  # solo-learn: min(new_lr / lr, 1) (at lr 0 nothing moves)
             trust = torch.clamp(trust / lr, max=1.0)
         d = torch._foreach_add(gs, ps, alpha=wd) if wd != 0 else torch._foreach_mul(gs, 1.0)
