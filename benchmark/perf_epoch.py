@@ -31,12 +31,12 @@ from benchmark.pretrain import PretrainConfig, run_pretrain
 from methods import get_method, list_methods
 
 
-# images pretrained on per epoch (benchmark.data's splits: CIFAR train minus 1,000 validation
-# images; STL-10's 100,000 unlabeled images plus its 4,500 training images)
 class _Enough(Exception):
     """Raised after the epochs to time: ends the pretraining loop early."""
 
 
+# images pretrained on per epoch (benchmark.data's splits: CIFAR train minus 1,000 validation
+# images; STL-10's 100,000 unlabeled images plus its 4,500 training images)
 PRETRAIN_IMAGES = {"cifar10": 49_000, "cifar100": 49_000, "stl10": 104_500, "digits": 1_257, "synthetic": 1_000}
 
 
