@@ -218,6 +218,7 @@ class Method(abc.ABC):
             "finetune_branch": self.finetune_branch,
             "params": dataclasses.asdict(self.params),
             "paper_recipe": self.paper_recipe(self.dataset).to_dict(),
+            "loss_scale": self.loss_scale,
         }
 
     # ---- model ---------------------------------------------------------------------------
